@@ -1,0 +1,39 @@
+# The fork's front door. Every target does its own set-up on a fresh machine.
+#   make demo   the main job: base vs patched with the real streamer and engine
+#   make test   every test: tooling, series lint, upstream tests, integration
+PY := .venv/bin/python
+
+.PHONY: demo test tree export check env lock unit integration
+
+demo: env
+	$(PY) -m proof.demo
+
+test: env
+	$(PY) -m pytest -q tools
+	python3 -m tools.lint
+	python3 -m tools.export --check
+	python3 -m tools.pytest_on patched -q --series-tests
+	$(PY) -m pytest -q proof
+
+# build/vllm: the pinned sdist as v0.21.0 plus the series, one commit a patch.
+# Reading the sdist's metadata imports torch, hence the locked packages first.
+tree:
+	python3 -m tools.env packages
+	python3 -m tools.tree
+
+# Write build/vllm's commits back into patches/ (after editing the tree).
+export:
+	python3 -m tools.export
+
+# Series lint and the drift gate (patches/ == the tree's commits).
+check:
+	python3 -m tools.lint
+	python3 -m tools.export --check
+
+# .venv: locked packages, the tree editable with the CPU kernels, smoke check.
+env:
+	python3 -m tools.env
+
+# Re-resolve env/requirements.lock (only when requirements.in or the pin changes).
+lock:
+	python3 -m tools.lock

@@ -1,0 +1,181 @@
+"""Create .venv: the CPU environment that runs the materialized trees.
+
+    python3 -m tools.env [packages|all]
+
+`packages` installs only the locked packages (torch and friends), which is
+what reading the vLLM sdist's metadata needs. `all` (the default) also
+materializes build/vllm, puts the precompiled CPU kernels into it and into
+the base worktree, installs the tree editable, installs the test-only CPU
+workaround plugin and the second streamer version, and runs a smoke check.
+Each step is skipped when its inputs have not changed since it last ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from tools.common import (BASE_TREE, ROOT, TREE, VENV, ForkError, load_pin, main_wrapper,
+                          say)
+
+LOCK = ROOT / "env" / "requirements.lock"
+PLUGIN = ROOT / "env" / "cpu_moe_workaround"
+# The newest streamer (copy-returning by default), installed beside 0.15.7 and
+# put on sys.path per process (see proof/harness.py).
+RUNAI_NEW = "runai-model-streamer==0.17.0"
+RUNAI_NEW_DIR = VENV / "runai-0.17.0"
+PY = VENV / "bin" / "python"
+
+
+def run(cmd: list[str], env: dict | None = None, quiet: bool = False) -> str:
+    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.strip().splitlines()[-25:])
+        raise ForkError(f"{' '.join(cmd[:6])} ... failed:\n{tail}")
+    if not quiet:
+        print(proc.stdout.strip()[-2000:], flush=True) if proc.stdout.strip() else None
+    return proc.stdout
+
+
+def stamp_ok(name: str, key: str) -> bool:
+    stamp = VENV / f".stamp-{name}"
+    return stamp.exists() and stamp.read_text() == key
+
+
+def write_stamp(name: str, key: str) -> None:
+    (VENV / f".stamp-{name}").write_text(key)
+
+
+def digest(*parts: str | bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else part.encode())
+    return h.hexdigest()
+
+
+def ensure_packages() -> None:
+    if not LOCK.exists():
+        raise ForkError(f"{LOCK} is missing: run `make lock` to resolve the environment")
+    if not PY.exists():
+        say(f"creating {VENV.name}")
+        run([sys.executable, "-m", "venv", str(VENV)])
+    key = digest(LOCK.read_bytes())
+    if stamp_ok("packages", key):
+        return
+    say("installing the locked packages (torch 2.11.0 and ~180 more; a few minutes the first time)")
+    # --no-deps: the lock is a complete freeze; resolving again could only drift.
+    # The `pip` line of the lock upgrades pip itself first.
+    pip_line = next((line for line in LOCK.read_text().splitlines()
+                     if line.startswith("pip==")), None)
+    if pip_line:
+        run([str(PY), "-m", "pip", "install", "-q", pip_line], quiet=True)
+    run([str(PY), "-m", "pip", "install", "--no-deps", "--progress-bar", "off", "-q",
+         "-r", str(LOCK)], quiet=True)
+    write_stamp("packages", key)
+
+
+def ensure_runai_new() -> None:
+    if stamp_ok("runai-new", RUNAI_NEW):
+        return
+    say(f"installing {RUNAI_NEW} into {RUNAI_NEW_DIR.relative_to(ROOT)}")
+    # Only the streamer itself: its dependencies are the venv's, and the
+    # directory shadows 0.15.7 only in processes that put it on sys.path.
+    run([str(PY), "-m", "pip", "install", "--no-deps", "-q", "--upgrade",
+         "--target", str(RUNAI_NEW_DIR), RUNAI_NEW], quiet=True)
+    write_stamp("runai-new", RUNAI_NEW)
+
+
+def unpack_kernels(wheel: Path, files: list[str], trees: list[Path]) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        for tree in trees:
+            for name in files:
+                target = tree / name
+                info = zf.getinfo(name)
+                if target.exists() and target.stat().st_size == info.file_size:
+                    continue
+                say(f"unpacking {name} into {tree.relative_to(ROOT)}")
+                with zf.open(info) as src, target.open("wb") as dst:
+                    while block := src.read(1 << 22):
+                        dst.write(block)
+
+
+def ensure_editable(pin: dict) -> None:
+    # An editable install points at the directory, not at a commit: it
+    # stays valid when the tree is re-materialized in place.
+    key = digest(str(TREE), pin["upstream"]["version"])
+    if stamp_ok("editable", key):
+        return
+    say("installing build/vllm editable (CPU platform, no compile)")
+    version = pin["upstream"]["version"]
+    # VLLM_TARGET_DEVICE=empty: nothing to compile, the kernels come from the
+    # wheel. The "+cpu" local version is how vLLM detects the CPU platform.
+    run([str(PY), "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-q",
+         "-e", str(TREE)],
+        env={"VLLM_TARGET_DEVICE": "empty", "VLLM_VERSION_OVERRIDE": f"{version}+cpu"},
+        quiet=True)
+    write_stamp("editable", key)
+
+
+def ensure_plugin() -> None:
+    key = digest(*(p.read_bytes() for p in sorted(PLUGIN.rglob("*.py"))),
+                 (PLUGIN / "pyproject.toml").read_bytes())
+    if stamp_ok("plugin", key):
+        return
+    say("installing the CPU MoE workaround plugin (test environment only)")
+    run([str(PY), "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-q",
+         "--force-reinstall", str(PLUGIN)], quiet=True)
+    write_stamp("plugin", key)
+
+
+SMOKE = """
+import torch
+from vllm.platforms import current_platform
+assert current_platform.is_cpu(), f"platform is {current_platform!r}, not CPU"
+current_platform.import_kernels()
+assert hasattr(torch.ops._C, "rms_norm"), "custom op rms_norm is not registered"
+import vllm
+print(f"smoke: vllm {vllm.__version__} from {vllm.__file__}, CPU platform, rms_norm registered")
+"""
+
+
+def smoke(tree: Path) -> None:
+    out = run([str(PY), "-c", SMOKE], env={"PYTHONPATH": str(tree)}, quiet=True)
+    line = out.strip().splitlines()[-1]
+    if str(tree / "vllm") not in line:
+        raise ForkError(f"smoke check imported vllm from the wrong tree: {line}")
+    print(line, flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", nargs="?", default="all", choices=["packages", "all"])
+    args = parser.parse_args()
+    pin = load_pin()
+    ensure_packages()
+    if args.what == "packages":
+        return 0
+    from tools.fetch import fetch_wheel
+    from tools.tree import ensure_base_worktree, materialize_command
+
+    # Always re-materialize (seconds): the tree must match patches/ before
+    # anything runs on it. It refuses if build/vllm holds unexported work.
+    materialize_command(python=str(PY))
+    ensure_base_worktree(pin)
+    wheel = fetch_wheel(pin, str(PY))
+    unpack_kernels(wheel, pin["cpu_kernels"]["files"], [TREE, BASE_TREE])
+    ensure_editable(pin)
+    ensure_plugin()
+    ensure_runai_new()
+    for tree in (TREE, BASE_TREE):
+        smoke(tree)
+    return 0
+
+
+if __name__ == "__main__":
+    main_wrapper(main)
