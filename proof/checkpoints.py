@@ -1,0 +1,246 @@
+"""Tiny checkpoints, generated offline: real safetensors, real parameter names.
+
+    python -m proof.checkpoints KIND       (prints the checkpoint's directory)
+
+Kinds: llama4 (Llama4ForConditionalGeneration: text + vision, MoE, chunked
+attention 128), nemotron_h (NemotronH with Mamba2 layers), nemotron_vl
+(NemotronH_Nano_VL_V2 with a RADIO vit_small vision tower and a local
+configuration module, as the real checkpoints ship it).
+
+Llama 4 and NemotronH come from transformers' own model classes, so names
+and shapes are what `save_pretrained` writes (NemotronH renamed to
+`backbone.*`, as NVIDIA's checkpoints are). The VL model has no
+transformers class: its vision names are derived from vLLM's RADIO model
+through the reverse of its loader's mapping. Values are seeded random
+numbers, so every tensor differs from every other one. Each checkpoint is
+cached under the fork's cache directory, keyed by this file's contents, with
+a manifest of sha256 sums that is checked on every use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tools.common import CACHE, TREE, VENV, ForkError  # noqa: E402
+
+KINDS = ("llama4", "nemotron_h", "nemotron_vl")
+SEED = 1234
+SHARDS = 3
+
+NEMOTRON_H = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                  head_dim=16, num_key_value_heads=2, ssm_state_size=16, mamba_num_heads=8,
+                  mamba_head_dim=16, max_position_embeddings=512, tie_word_embeddings=False)
+NEMOTRON_H_LAYERS = ["mamba", "attention", "mamba"]
+
+
+def _random_like(shapes: dict, dtype) -> dict:
+    import torch
+
+    gen = torch.Generator().manual_seed(SEED)
+    return {name: (torch.randn(shape, generator=gen) * 0.05).to(dtype)
+            for name, shape in shapes.items()}
+
+
+def _write_shards(tensors: dict, dest: Path) -> None:
+    from safetensors.torch import save_file
+
+    names = list(tensors)
+    weight_map = {}
+    for i in range(SHARDS):
+        file = f"model-{i + 1:05d}-of-{SHARDS:05d}.safetensors"
+        part = {n: tensors[n].contiguous() for n in names[i::SHARDS]}
+        save_file(part, dest / file, metadata={"format": "pt"})
+        weight_map.update({n: file for n in part})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    (dest / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+
+
+def _tiny_tokenizer(dest: Path, vocab_size: int, extra_special: tuple[str, ...] = ()) -> None:
+    """A byte-level BPE trained on a few sentences, saved as a HF fast tokenizer."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = ["The capital of France is Paris.", "Streaming loaders reuse buffers.",
+              "Weights are copied into parameters one tensor at a time."] * 20
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=vocab_size - 8, min_frequency=1,
+                            special_tokens=["<|begin_of_text|>", "<|eot|>", "<|pad|>",
+                                            *extra_special])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|begin_of_text|>",
+                                  eos_token="<|eot|>", pad_token="<|pad|>")
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n"
+                         "{% endfor %}assistant:")
+    tok.save_pretrained(dest)
+
+
+def _nemotron_h_model():
+    import torch
+    from transformers import NemotronHConfig, NemotronHForCausalLM
+
+    torch.manual_seed(SEED)
+    config = NemotronHConfig(**NEMOTRON_H, layers_block_type=NEMOTRON_H_LAYERS, n_groups=2,
+                             conv_kernel=4, expand=2, chunk_size=64)
+    model = NemotronHForCausalLM(config)
+    shapes = {("backbone." + n[len("model."):] if n.startswith("model.") else n): tuple(p.shape)
+              for n, p in model.state_dict().items()}
+    return config, shapes
+
+
+def make_nemotron_h(dest: Path) -> None:
+    import torch
+
+    config, shapes = _nemotron_h_model()
+    config.architectures = ["NemotronHForCausalLM"]
+    config.torch_dtype = "bfloat16"
+    config.save_pretrained(dest)
+    _write_shards(_random_like(shapes, torch.bfloat16), dest)
+    _tiny_tokenizer(dest, NEMOTRON_H["vocab_size"])
+
+
+def make_llama4(dest: Path) -> None:
+    import torch
+    from transformers import Llama4Config, Llama4ForConditionalGeneration
+
+    torch.manual_seed(SEED)
+    text = dict(vocab_size=512, hidden_size=64, intermediate_size=64, intermediate_size_mlp=128,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                num_local_experts=2, num_experts_per_tok=1, interleave_moe_layer_step=1,
+                attention_chunk_size=128, max_position_embeddings=1024, rope_theta=500000.0,
+                no_rope_layers=[1, 0], tie_word_embeddings=False,
+                bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=56, patch_size=14, pixel_shuffle_ratio=0.5,
+                  projector_input_dim=64, projector_output_dim=64, vision_output_dim=64,
+                  rope_theta=10000)
+    config = Llama4Config(text_config=text, vision_config=vision, image_token_index=500,
+                          boi_token_index=501, eoi_token_index=502)
+    config.torch_dtype = "bfloat16"
+    model = Llama4ForConditionalGeneration(config)
+    config.save_pretrained(dest)
+    shapes = {n: tuple(p.shape) for n, p in model.state_dict().items()}
+    _write_shards(_random_like(shapes, torch.bfloat16), dest)
+    _tiny_tokenizer(dest, text["vocab_size"])
+
+
+VL_CONFIG_MODULE = '''\
+"""Configuration of a tiny NemotronH_Nano_VL_V2 (generated for the fork's proofs).
+
+The real checkpoints ship their configuration as remote code; this one does
+the same, with vLLM's own NemotronH configuration for the text model.
+"""
+from transformers import PretrainedConfig
+
+
+class NemotronHNanoVLV2Config(PretrainedConfig):
+    model_type = "NemotronH_Nano_VL_V2"
+
+    def __init__(self, text_config=None, vision_config=None, **kwargs):
+        from vllm.transformers_utils.configs.nemotron_h import NemotronHConfig
+
+        self.text_config = NemotronHConfig(**(text_config or {}))
+        self.vision_config = PretrainedConfig(**(vision_config or {}))
+        super().__init__(**kwargs)
+'''
+
+
+def make_nemotron_vl(dest: Path) -> None:
+    import torch
+
+    (dest / "configuration_tiny_nano_vl.py").write_text(VL_CONFIG_MODULE)
+    text_config = dict(NEMOTRON_H, architectures=["NemotronHForCausalLM"], model_type="nemotron_h",
+                       num_hidden_layers=3, hybrid_override_pattern="M*M", mamba_n_groups=2,
+                       mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=64, torch_dtype="bfloat16")
+    config = {
+        "architectures": ["NemotronH_Nano_VL_V2"], "model_type": "NemotronH_Nano_VL_V2",
+        "auto_map": {"AutoConfig": "configuration_tiny_nano_vl.NemotronHNanoVLV2Config"},
+        "torch_dtype": "bfloat16", "text_config": text_config,
+        "vision_config": {"args": {"model": "vit_small_patch16_224"}, "patch_size": 16,
+                          "preferred_resolution": [224, 224]},
+        "force_image_size": 224, "patch_size": 16, "downsample_ratio": 0.5,
+        "template": "nemotron-h", "ps_version": "v2", "image_tag_type": "internvl",
+        "vit_hidden_size": 384, "projector_hidden_size": 128,
+        "norm_mean": [0.48145466, 0.4578275, 0.40821073],
+        "norm_std": [0.26862954, 0.26130258, 0.27577711],
+        "img_context_token_id": 500, "vocab_size": NEMOTRON_H["vocab_size"],
+    }
+    (dest / "config.json").write_text(json.dumps(config, indent=1))
+    # The model encodes its image tags with the tokenizer while it is built.
+    _tiny_tokenizer(dest, NEMOTRON_H["vocab_size"], ("<img>", "</img>", "<image>"))
+
+    _, lm_shapes = _nemotron_h_model()
+    shapes = {f"language_model.{n}": s for n, s in lm_shapes.items()}
+    # Vision tower and projector: vLLM's parameters, named as in the HF
+    # checkpoint (RadioModel.load_weights maps model.blocks.N -> encoder.layers.N).
+    from proof.loadcheck import build_model
+
+    _, model = build_model(str(dest), "dummy", {})
+    for name, param in model.named_parameters():
+        if name.startswith("mlp1."):
+            shapes[name] = tuple(param.shape)
+        elif name.startswith("vision_model.model."):
+            sub = name[len("vision_model."):]
+            sub = sub.replace("model.encoder.layers.", "model.blocks.", 1)
+            shapes[f"vision_model.radio_model.{sub}"] = tuple(param.shape)
+    _write_shards(_random_like(shapes, torch.bfloat16), dest)
+
+
+def _manifest(dest: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(dest.iterdir()) if p.is_file() and p.name != "manifest.json"}
+
+
+def path_for(kind: str) -> Path:
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    return CACHE / "checkpoints" / f"{kind}-{source}"
+
+
+def ensure(kind: str) -> Path:
+    """The checkpoint's directory, generated (in a subprocess) if not cached."""
+    if kind not in KINDS:
+        raise ForkError(f"unknown checkpoint {kind!r}; kinds: {', '.join(KINDS)}")
+    dest = path_for(kind)
+    manifest = dest / "manifest.json"
+    if manifest.exists():
+        if json.loads(manifest.read_text()) != _manifest(dest):
+            raise ForkError(f"{dest} does not match its manifest (corrupt or edited); "
+                            "delete the directory to generate it again")
+        return dest
+    # Checkpoints made by an older version of this file are of no further use.
+    for stale in dest.parent.glob(f"{kind}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    print(f"==> generating the tiny {kind} checkpoint", flush=True)
+    env = {**os.environ, "PYTHONPATH": f"{TREE}:{ROOT}", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([str(VENV / "bin" / "python"), "-m", "proof.checkpoints",
+                           "--generate", kind, str(partial)], env=env, cwd=ROOT,
+                          text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.strip().splitlines()[-20:])
+        raise ForkError(f"generating the {kind} checkpoint failed:\n{tail}")
+    (partial / "manifest.json").write_text(json.dumps(_manifest(partial), indent=1))
+    partial.rename(dest)
+    return dest
+
+
+def main() -> None:
+    if sys.argv[1] == "--generate":
+        kind, dest = sys.argv[2], Path(sys.argv[3])
+        {"llama4": make_llama4, "nemotron_h": make_nemotron_h,
+         "nemotron_vl": make_nemotron_vl}[kind](dest)
+        os._exit(0)
+    print(ensure(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Load a checkpoint into a model in this process, through vLLM's own loader.
+
+    python -m proof.loadcheck MODEL_DIR SCENARIO MEMORY_LIMIT OUT.json
+
+Run once per tree (base or patched, chosen by PYTHONPATH; see harness.py).
+It builds the model from its config with vLLM's model init, fills every
+parameter with NaN, then loads weights through vLLM's loader for the
+scenario and writes, per parameter, a digest of the loaded bytes, plus the
+loader's metrics: streamed tensors alive at once (weak references to every
+yielded tensor), peak RSS and load seconds.
+
+The CPU platform repacks linear weights when the engine starts, so
+parameters are compared here, right after `model.load_weights`, and not
+through a running engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+import weakref
+
+# name: load format. Which runai-model-streamer is imported is decided by
+# the harness (sys.path); the memory limit comes from the command line.
+SCENARIOS = {
+    "auto": "safetensors",
+    # A streamer buffer far smaller than the checkpoint: the streamer reuses
+    # it, so tensors it yielded earlier now show later data.
+    "runai-0.15.7-reuse": "runai_streamer",
+    # runai 0.17.0's default: a private copy of every tensor.
+    "runai-0.17.0-copy": "runai_streamer",
+}
+
+
+class LivenessProbe:
+    """Wraps a weights iterator; counts yielded tensors that are still alive."""
+
+    def __init__(self, weights):
+        self.weights = weights
+        self.refs: list[weakref.ref] = []
+        self.peak_alive = 0
+
+    def __iter__(self):
+        for name, tensor in self.weights:
+            self.refs.append(weakref.ref(tensor))
+            alive = sum(ref() is not None for ref in self.refs)
+            self.peak_alive = max(self.peak_alive, alive)
+            yield name, tensor
+            del tensor
+
+
+def digest(tensor) -> str:
+    import torch
+
+    data = tensor.detach().to("cpu").contiguous()
+    if data.dtype == torch.bfloat16:
+        data = data.view(torch.int16)
+    return hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
+
+
+def build_model(model_dir: str, load_format: str, extra: dict):
+    """vLLM's model, built for one rank on CPU, not yet loaded. The vLLM
+    config stays current for the rest of the process: loading needs it."""
+    from vllm.config import set_current_vllm_config
+    from vllm.distributed import (ensure_model_parallel_initialized,
+                                  init_distributed_environment)
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.model_executor.model_loader.utils import initialize_model
+
+    args = EngineArgs(model=model_dir, enforce_eager=True,
+                      max_model_len=256, trust_remote_code=True, load_format=load_format,
+                      model_loader_extra_config=extra)
+    config = args.create_engine_config()
+    _CONTEXT.append(set_current_vllm_config(config))
+    _CONTEXT[-1].__enter__()
+    init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
+                                 distributed_init_method=f"file://{tempfile.mktemp()}")
+    ensure_model_parallel_initialized(1, 1)
+    model = initialize_model(vllm_config=config)
+    return config, model
+
+
+_CONTEXT: list = []
+
+
+def run(model_dir: str, scenario: str, memory_limit: int) -> dict:
+    import torch
+    from vllm.model_executor.model_loader import get_model_loader
+
+    load_format = SCENARIOS[scenario]
+    extra = {"memory_limit": memory_limit} if load_format == "runai_streamer" else {}
+    config, model = build_model(model_dir, load_format, extra)
+    loader = get_model_loader(config.load_config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(float("nan"))
+
+    # Observe the stream where the loader hands it to the model.
+    probes = []
+    original = model.load_weights
+
+    def probed_load_weights(weights):
+        probe = LivenessProbe(weights)
+        probes.append(probe)
+        return original(probe)
+
+    model.load_weights = probed_load_weights
+    start = time.perf_counter()
+    loader.load_weights(model, config.model_config)
+    load_s = time.perf_counter() - start
+
+    params = {name: digest(p) for name, p in model.named_parameters()}
+    unloaded = sorted(name for name, p in model.named_parameters()
+                      if p.is_floating_point() and torch.isnan(p).any())
+    return {
+        "params": params,
+        "unloaded": unloaded,
+        "streamed_tensors": sum(len(p.refs) for p in probes),
+        "peak_alive_tensors": max((p.peak_alive for p in probes), default=0),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "load_s": round(load_s, 3),
+    }
+
+
+def main() -> None:
+    model_dir, scenario, memory_limit, out = sys.argv[1:5]
+    result = run(model_dir, scenario, int(memory_limit))
+    import vllm
+
+    result["vllm_file"] = vllm.__file__
+    import runai_model_streamer
+
+    result["runai_file"] = runai_model_streamer.__file__
+    with open(out, "w") as f:
+        json.dump(result, f)
+    os._exit(0)  # skip vLLM's distributed teardown: nothing to flush
+
+
+if __name__ == "__main__":
+    main()
