@@ -3,7 +3,7 @@
 #   make test   every test: tooling, series lint, upstream tests, integration
 PY := .venv/bin/python
 
-.PHONY: demo test tree export check env lock unit integration
+.PHONY: demo test bench tree export check env lock
 
 demo: env
 	$(PY) -m proof.demo
@@ -13,7 +13,11 @@ test: env
 	python3 -m tools.lint
 	python3 -m tools.export --check
 	python3 -m tools.pytest_on patched -q --series-tests
-	$(PY) -m pytest -q proof
+	$(PY) -m pytest -q proof bench
+
+# Host memory and load time against the floor: build/bench/, docs/benchmarks.md.
+bench: env
+	$(PY) -m bench.run
 
 # build/vllm: the pinned sdist as v0.21.0 plus the series, one commit a patch.
 # Reading the sdist's metadata imports torch, hence the locked packages first.

@@ -5,7 +5,8 @@
 Kinds: llama4 (Llama4ForConditionalGeneration: text + vision, MoE, chunked
 attention 128), nemotron_h (NemotronH with Mamba2 layers), nemotron_vl
 (NemotronH_Nano_VL_V2 with a RADIO vit_small vision tower and a local
-configuration module, as the real checkpoints ship it).
+configuration module, as the real checkpoints ship it), and llama4_bench
+(the benchmark's: Llama 4 widths, 2.1 GB, its largest tensors 64 MiB).
 
 Llama 4 and NemotronH come from transformers' own model classes, so names
 and shapes are what `save_pretrained` writes (NemotronH renamed to
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tools.common import CACHE, TREE, VENV, ForkError  # noqa: E402
 
-KINDS = ("llama4", "nemotron_h", "nemotron_vl")
+KINDS = ("llama4", "nemotron_h", "nemotron_vl", "llama4_bench")
 SEED = 1234
 SHARDS = 3
 
@@ -106,29 +107,80 @@ def make_nemotron_h(dest: Path) -> None:
     _tiny_tokenizer(dest, NEMOTRON_H["vocab_size"])
 
 
+def _llama4_config(text: dict, vision: dict):
+    from transformers import Llama4Config
+
+    # The image tokens sit at the top of the vocabulary, clear of the BPE's.
+    top = text["vocab_size"]
+    config = Llama4Config(text_config=text, vision_config=vision, image_token_index=top - 12,
+                          boi_token_index=top - 11, eoi_token_index=top - 10)
+    config.torch_dtype = "bfloat16"
+    return config
+
+
 def make_llama4(dest: Path) -> None:
     import torch
-    from transformers import Llama4Config, Llama4ForConditionalGeneration
+    from transformers import Llama4ForConditionalGeneration
 
     torch.manual_seed(SEED)
-    text = dict(vocab_size=512, hidden_size=64, intermediate_size=64, intermediate_size_mlp=128,
-                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+    # head_dim 32: the smallest that vLLM's CPU attention kernels take.
+    text = dict(vocab_size=512, hidden_size=128, intermediate_size=64, intermediate_size_mlp=128,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
                 num_local_experts=2, num_experts_per_tok=1, interleave_moe_layer_step=1,
                 attention_chunk_size=128, max_position_embeddings=1024, rope_theta=500000.0,
                 no_rope_layers=[1, 0], tie_word_embeddings=False,
                 bos_token_id=0, eos_token_id=1, pad_token_id=2)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                   num_attention_heads=2, image_size=56, patch_size=14, pixel_shuffle_ratio=0.5,
-                  projector_input_dim=64, projector_output_dim=64, vision_output_dim=64,
+                  projector_input_dim=64, projector_output_dim=128, vision_output_dim=64,
                   rope_theta=10000)
-    config = Llama4Config(text_config=text, vision_config=vision, image_token_index=500,
-                          boi_token_index=501, eoi_token_index=502)
-    config.torch_dtype = "bfloat16"
+    config = _llama4_config(text, vision)
     model = Llama4ForConditionalGeneration(config)
     config.save_pretrained(dest)
     shapes = {n: tuple(p.shape) for n, p in model.state_dict().items()}
     _write_shards(_random_like(shapes, torch.bfloat16), dest)
     _tiny_tokenizer(dest, text["vocab_size"])
+
+
+def make_llama4_bench(dest: Path) -> None:
+    """Real widths (hidden 2048, head_dim 128, 8 experts), enough layers for
+    2 GiB. Written one tensor at a time: generating it holds one shard."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Llama4ForConditionalGeneration
+
+    layers = 15
+    text = dict(vocab_size=16384, hidden_size=2048, intermediate_size=1024,
+                intermediate_size_mlp=4096, num_hidden_layers=layers, num_attention_heads=16,
+                num_key_value_heads=8, head_dim=128, num_local_experts=8, num_experts_per_tok=1,
+                interleave_moe_layer_step=1, attention_chunk_size=8192,
+                max_position_embeddings=4096, rope_theta=500000.0,
+                no_rope_layers=[int((i + 1) % 4 != 0) for i in range(layers)],
+                tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    vision = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=112, patch_size=14, pixel_shuffle_ratio=0.5,
+                  projector_input_dim=512, projector_output_dim=2048, vision_output_dim=512,
+                  rope_theta=10000)
+    config = _llama4_config(text, vision)
+    with torch.device("meta"):
+        model = Llama4ForConditionalGeneration(config)
+    config.save_pretrained(dest)
+    shapes = {n: tuple(p.shape) for n, p in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(SEED)
+    names = list(shapes)
+    shards = [names[i::6] for i in range(6)]
+    weight_map, total = {}, 0
+    for i, part in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {n: (torch.randn(shapes[n], generator=gen) * 0.02).to(torch.bfloat16)
+                   for n in part}
+        save_file(tensors, dest / file, metadata={"format": "pt"})
+        total += sum(t.numel() * 2 for t in tensors.values())
+        weight_map.update({n: file for n in part})
+        del tensors
+    (dest / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    _tiny_tokenizer(dest, 512)
 
 
 VL_CONFIG_MODULE = '''\
@@ -198,9 +250,12 @@ def _manifest(dest: Path) -> dict:
             for p in sorted(dest.iterdir()) if p.is_file() and p.name != "manifest.json"}
 
 
+# Checkpoints are keyed by the code that makes them (read once, at import).
+SOURCE_KEY = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
 def path_for(kind: str) -> Path:
-    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
-    return CACHE / "checkpoints" / f"{kind}-{source}"
+    return CACHE / "checkpoints" / f"{kind}-{SOURCE_KEY}"
 
 
 def ensure(kind: str) -> Path:
@@ -220,7 +275,7 @@ def ensure(kind: str) -> Path:
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    print(f"==> generating the tiny {kind} checkpoint", flush=True)
+    print(f"==> generating the tiny {kind} checkpoint", file=sys.stderr, flush=True)
     env = {**os.environ, "PYTHONPATH": f"{TREE}:{ROOT}", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([str(VENV / "bin" / "python"), "-m", "proof.checkpoints",
                            "--generate", kind, str(partial)], env=env, cwd=ROOT,
@@ -236,8 +291,8 @@ def ensure(kind: str) -> Path:
 def main() -> None:
     if sys.argv[1] == "--generate":
         kind, dest = sys.argv[2], Path(sys.argv[3])
-        {"llama4": make_llama4, "nemotron_h": make_nemotron_h,
-         "nemotron_vl": make_nemotron_vl}[kind](dest)
+        {"llama4": make_llama4, "nemotron_h": make_nemotron_h, "nemotron_vl": make_nemotron_vl,
+         "llama4_bench": make_llama4_bench}[kind](dest)
         os._exit(0)
     print(ensure(sys.argv[1]))
 

@@ -31,22 +31,24 @@ def tree_env(tree: str, scenario: str = "auto") -> dict:
             "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def largest_tensor_bytes(model_dir: Path) -> int:
-    """From the safetensors headers, without loading anything."""
-    largest = 0
+def tensor_sizes(model_dir: Path) -> dict[str, int]:
+    """Bytes of every tensor, from the safetensors headers, loading nothing."""
+    sizes = {}
     for file in model_dir.glob("*.safetensors"):
         with file.open("rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(size))
-        for name, meta in header.items():
-            if name != "__metadata__":
-                start, end = meta["data_offsets"]
-                largest = max(largest, end - start)
-    return largest
+        sizes.update({name: meta["data_offsets"][1] - meta["data_offsets"][0]
+                      for name, meta in header.items() if name != "__metadata__"})
+    return sizes
+
+
+def largest_tensor_bytes(model_dir: Path) -> int:
+    return max(tensor_sizes(model_dir).values())
 
 
 def checkpoint_bytes(model_dir: Path) -> int:
-    return sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    return sum(tensor_sizes(model_dir).values())
 
 
 def streamer_memory_limit(model_dir: Path) -> int:
@@ -97,4 +99,17 @@ def reload_check(tree: str, model_dir: Path, reloads: int, alias_check: bool = T
         if proc.returncode != 0 or not out.exists():
             tail = "\n".join(proc.stdout.strip().splitlines()[-30:])
             raise ForkError(f"reload check on {tree} failed:\n{tail}")
+        return json.loads(out.read_text())
+
+
+def generate(tree: str, model_dir: Path, scenario: str, timeout: int = 900) -> dict:
+    """Tokens from the real engine (proof.generate) for one tree and scenario."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [PYTHON, "-m", "proof.generate", str(model_dir), scenario, str(out)]
+        proc = subprocess.run(cmd, env=tree_env(tree, scenario), cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        if proc.returncode != 0 or not out.exists():
+            tail = "\n".join(proc.stdout.strip().splitlines()[-30:])
+            raise ForkError(f"engine run {tree}/{scenario} failed:\n{tail}")
         return json.loads(out.read_text())

@@ -34,7 +34,20 @@ SCENARIOS = {
     "runai-0.15.7-reuse": "runai_streamer",
     # runai 0.17.0's default: a private copy of every tensor.
     "runai-0.17.0-copy": "runai_streamer",
+    # runai 0.17.0 with owned=False: views into reused buffers. vLLM 0.21
+    # has no option for it (it calls stream_files without `owned`), so this
+    # process changes the streamer's default; vLLM is untouched.
+    "runai-0.17.0-views": "runai_streamer",
 }
+
+
+def force_streamer_views() -> None:
+    import functools
+
+    from runai_model_streamer import SafetensorsStreamer
+
+    SafetensorsStreamer.stream_files = functools.partialmethod(
+        SafetensorsStreamer.stream_files, owned=False)
 
 
 class LivenessProbe:
@@ -67,8 +80,7 @@ def build_model(model_dir: str, load_format: str, extra: dict):
     """vLLM's model, built for one rank on CPU, not yet loaded. The vLLM
     config stays current for the rest of the process: loading needs it."""
     from vllm.config import set_current_vllm_config
-    from vllm.distributed import (ensure_model_parallel_initialized,
-                                  init_distributed_environment)
+    from vllm.distributed import ensure_model_parallel_initialized, init_distributed_environment
     from vllm.engine.arg_utils import EngineArgs
     from vllm.model_executor.model_loader.utils import initialize_model
 
@@ -93,6 +105,8 @@ def run(model_dir: str, scenario: str, memory_limit: int) -> dict:
     from vllm.model_executor.model_loader import get_model_loader
 
     load_format = SCENARIOS[scenario]
+    if scenario == "runai-0.17.0-views":
+        force_streamer_views()
     extra = {"memory_limit": memory_limit} if load_format == "runai_streamer" else {}
     config, model = build_model(model_dir, load_format, extra)
     loader = get_model_loader(config.load_config)

@@ -21,12 +21,13 @@ import time
 def main() -> None:
     model_dir, reloads, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     import torch
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
     from vllm.model_executor.layers.mamba.mamba_mixer2 import MambaMixer2
     from vllm.model_executor.model_loader import get_model_loader
-    from vllm.model_executor.model_loader.reload import (finalize_layerwise_reload,
-                                                         initialize_layerwise_reload)
-
-    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+    from vllm.model_executor.model_loader.reload import (
+        finalize_layerwise_reload,
+        initialize_layerwise_reload,
+    )
 
     from proof.loadcheck import build_model
 

@@ -34,13 +34,21 @@ def test_reference_loads_every_parameter(results):
     assert all(name.rsplit(".", 1)[-1] in ("ls1", "ls2") for name in unloaded), unloaded
 
 
-@pytest.mark.parametrize("kind", ["nemotron_vl", "llama4"])
-def test_reused_streamer_buffer_corrupts_base_not_patched(results, kind):
-    """runai-model-streamer 0.15.7 with a memory limit far below the
-    checkpoint size: the streamer reuses its buffer between tensors."""
+@pytest.mark.parametrize(
+    ("kind", "scenario"),
+    [
+        ("nemotron_vl", "runai-0.15.7-reuse"),
+        ("llama4", "runai-0.15.7-reuse"),
+        ("llama4", "runai-0.17.0-views"),
+    ],
+)
+def test_reused_streamer_buffer_corrupts_base_not_patched(results, kind, scenario):
+    """A streamer memory limit far below the checkpoint size, with tensors
+    handed out as views (0.15.7; 0.17.0 with owned=False): the streamer
+    reuses its buffer between tensors."""
     reference = results(kind, "patched", "auto")
-    patched = results(kind, "patched", "runai-0.15.7-reuse")
-    base = results(kind, "base", "runai-0.15.7-reuse")
+    patched = results(kind, "patched", scenario)
+    base = results(kind, "base", scenario)
 
     assert harness.differing(patched, reference) == []
     corrupted = harness.differing(base, reference)

@@ -20,8 +20,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tools.common import (BASE_TREE, ROOT, TREE, VENV, ForkError, load_pin, main_wrapper,
-                          say)
+from tools.common import BASE_TREE, ROOT, TREE, VENV, ForkError, load_pin, main_wrapper, say
 
 LOCK = ROOT / "env" / "requirements.lock"
 PLUGIN = ROOT / "env" / "cpu_moe_workaround"

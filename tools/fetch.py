@@ -107,7 +107,8 @@ def fetch_wheel(pin: dict, python: str | None = None, cache: Path = CACHE,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", nargs="?", default="all", choices=["sdist", "wheel", "all"])
-    parser.add_argument("--python", help="interpreter whose pip downloads (needs torch for the sdist)")
+    parser.add_argument("--python",
+                        help="interpreter whose pip downloads (needs torch for the sdist)")
     args = parser.parse_args()
     pin = load_pin()
     if args.what in ("wheel", "all"):

@@ -196,11 +196,13 @@ def test_lint_passes_a_clean_series(tmp_path, upstream):
 @pytest.mark.parametrize(
     ("edit", "problem"),
     [
-        ({**FIX_A, "touches": ["tests/test_pkg.py"]}, "touches pkg/__init__.py, which it does not declare"),
+        ({**FIX_A, "touches": ["tests/test_pkg.py"]},
+         "touches pkg/__init__.py, which it does not declare"),
         ({**FIX_A, "body": "Just a fix.\n"}, "body lacks a '## Purpose' section"),
         ({**FIX_A, "signoff": False}, "no Signed-off-by"),
         ({**FIX_A, "subject": "Use the right value"}, "lacks a [Tag] prefix"),
-        ({**FIX_A, "path": "CMakeLists.txt", "text": "project(x)\n"}, "touches build file CMakeLists.txt"),
+        ({**FIX_A, "path": "CMakeLists.txt", "text": "project(x)\n"},
+         "touches build file CMakeLists.txt"),
         ({**FIX_A, "text": "VALUE = 2  \n"}, "trailing whitespace"),
     ],
     ids=["undeclared-file", "no-body", "no-signoff", "no-tag", "build-file", "whitespace"],

@@ -16,8 +16,18 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from tools.common import (BASE_TREE, BUILD, PATCHES, TREE, ForkError, git, load_pin, main_wrapper,
-                          read_series, say)
+from tools.common import (
+    BASE_TREE,
+    BUILD,
+    PATCHES,
+    TREE,
+    ForkError,
+    git,
+    load_pin,
+    main_wrapper,
+    read_series,
+    say,
+)
 
 # Files setuptools writes into every sdist; they are not upstream source.
 SDIST_ONLY = ("PKG-INFO", "setup.cfg")

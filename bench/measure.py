@@ -1,0 +1,74 @@
+"""One measured load, in this process, through vLLM's own loader.
+
+    python -m bench.measure MODEL_DIR LOAD_FORMAT MEMORY_LIMIT OUT.json
+
+Run once per tree and configuration (see bench/run.py). The model is built
+first; then a thread samples the process's anonymous memory (RssAnon in
+/proc/self/status) every few milliseconds while `load_weights` runs. What
+the loader adds over its start is the number that matters: the model's own
+parameters are there before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+SAMPLE_EVERY_S = 0.005
+
+
+def rss_anon_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+class Sampler(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+        self.t0 = time.perf_counter()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.samples.append((time.perf_counter() - self.t0, rss_anon_bytes()))
+            time.sleep(SAMPLE_EVERY_S)
+
+
+def main() -> None:
+    model_dir, load_format, memory_limit, out = sys.argv[1:5]
+    import torch
+
+    from proof.loadcheck import build_model
+
+    extra = {"memory_limit": int(memory_limit)} if load_format == "runai_streamer" else {}
+    config, model = build_model(model_dir, load_format, extra)
+    from vllm.model_executor.model_loader import get_model_loader
+
+    loader = get_model_loader(config.load_config)
+    torch.set_num_threads(1)
+    sampler = Sampler()
+    start_anon = rss_anon_bytes()
+    sampler.start()
+    start = time.perf_counter()
+    loader.load_weights(model, config.model_config)
+    load_s = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    samples = sampler.samples + [(time.perf_counter() - sampler.t0, rss_anon_bytes())]
+    peak = max(a for _, a in samples)
+    with open(out, "w") as f:
+        json.dump({"load_s": load_s, "start_anon": start_anon,
+                   "peak_anon_over_start": peak - start_anon,
+                   "samples": [(round(t, 4), a - start_anon) for t, a in samples]}, f)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
