@@ -42,6 +42,19 @@ def run(cmd: list[str], env: dict | None = None, quiet: bool = False) -> str:
     return proc.stdout
 
 
+def run_showing_progress(cmd: list[str]) -> None:
+    """Run a long pip step, passing on its per-package lines as they come."""
+    proc = subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        tail = (tail + [line.rstrip()])[-25:]
+        if line.startswith(("Collecting", "Installing collected", "Successfully installed")):
+            print(f"    {line.rstrip()[:150]}", flush=True)
+    if proc.wait() != 0:
+        raise ForkError(f"{' '.join(cmd[:6])} ... failed:\n" + "\n".join(tail))
+
+
 def stamp_ok(name: str, key: str) -> bool:
     stamp = VENV / f".stamp-{name}"
     return stamp.exists() and stamp.read_text() == key
@@ -74,8 +87,8 @@ def ensure_packages() -> None:
                      if line.startswith("pip==")), None)
     if pip_line:
         run([str(PY), "-m", "pip", "install", "-q", pip_line], quiet=True)
-    run([str(PY), "-m", "pip", "install", "--no-deps", "--progress-bar", "off", "-q",
-         "-r", str(LOCK)], quiet=True)
+    run_showing_progress([str(PY), "-m", "pip", "install", "--no-deps", "--progress-bar", "off",
+                          "-r", str(LOCK)])
     write_stamp("packages", key)
 
 
