@@ -6,7 +6,7 @@ Run once per tree and configuration (see bench/run.py). The model is built
 first; then a thread samples the process's anonymous memory (RssAnon in
 /proc/self/status) every few milliseconds while `load_weights` runs. What
 the loader adds over its start is the number that matters: the model's own
-parameters are there before and after.
+parameters are written (made resident) before it starts.
 """
 
 from __future__ import annotations
@@ -48,11 +48,17 @@ def main() -> None:
     from proof.loadcheck import build_model
 
     extra = {"memory_limit": int(memory_limit)} if load_format == "runai_streamer" else {}
-    config, model = build_model(model_dir, load_format, extra)
+    # bfloat16, as the checkpoint and real deployments are (vLLM's CPU default
+    # would double every parameter to float32).
+    config, model = build_model(model_dir, load_format, extra, dtype="bfloat16")
     from vllm.model_executor.model_loader import get_model_loader
 
     loader = get_model_loader(config.load_config)
-    torch.set_num_threads(1)
+    # Fresh parameters are not resident until first written: touch them all
+    # now, so that what grows during the load is what the loader holds.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
     sampler = Sampler()
     start_anon = rss_anon_bytes()
     sampler.start()

@@ -275,7 +275,7 @@ def ensure(kind: str) -> Path:
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    print(f"==> generating the tiny {kind} checkpoint", file=sys.stderr, flush=True)
+    print(f"==> generating the {kind} checkpoint", file=sys.stderr, flush=True)
     env = {**os.environ, "PYTHONPATH": f"{TREE}:{ROOT}", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([str(VENV / "bin" / "python"), "-m", "proof.checkpoints",
                            "--generate", kind, str(partial)], env=env, cwd=ROOT,

@@ -76,7 +76,7 @@ def digest(tensor) -> str:
     return hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
 
 
-def build_model(model_dir: str, load_format: str, extra: dict):
+def build_model(model_dir: str, load_format: str, extra: dict, dtype: str = "auto"):
     """vLLM's model, built for one rank on CPU, not yet loaded. The vLLM
     config stays current for the rest of the process: loading needs it."""
     from vllm.config import set_current_vllm_config
@@ -84,7 +84,7 @@ def build_model(model_dir: str, load_format: str, extra: dict):
     from vllm.engine.arg_utils import EngineArgs
     from vllm.model_executor.model_loader.utils import initialize_model
 
-    args = EngineArgs(model=model_dir, enforce_eager=True,
+    args = EngineArgs(model=model_dir, enforce_eager=True, dtype=dtype,
                       max_model_len=256, trust_remote_code=True, load_format=load_format,
                       model_loader_extra_config=extra)
     config = args.create_engine_config()
