@@ -31,14 +31,13 @@ RUNAI_NEW_DIR = VENV / "runai-0.17.0"
 PY = VENV / "bin" / "python"
 
 
-def run(cmd: list[str], env: dict | None = None, quiet: bool = False) -> str:
+def run(cmd: list[str], env: dict | None = None) -> str:
+    """Run a short step quietly; on failure, show the end of its output."""
     proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = "\n".join(proc.stdout.strip().splitlines()[-25:])
         raise ForkError(f"{' '.join(cmd[:6])} ... failed:\n{tail}")
-    if not quiet:
-        print(proc.stdout.strip()[-2000:], flush=True) if proc.stdout.strip() else None
     return proc.stdout
 
 
@@ -86,7 +85,7 @@ def ensure_packages() -> None:
     pip_line = next((line for line in LOCK.read_text().splitlines()
                      if line.startswith("pip==")), None)
     if pip_line:
-        run([str(PY), "-m", "pip", "install", "-q", pip_line], quiet=True)
+        run([str(PY), "-m", "pip", "install", "-q", pip_line])
     run_showing_progress([str(PY), "-m", "pip", "install", "--no-deps", "--progress-bar", "off",
                           "-r", str(LOCK)])
     write_stamp("packages", key)
@@ -99,7 +98,7 @@ def ensure_runai_new() -> None:
     # Only the streamer itself: its dependencies are the venv's, and the
     # directory shadows 0.15.7 only in processes that put it on sys.path.
     run([str(PY), "-m", "pip", "install", "--no-deps", "-q", "--upgrade",
-         "--target", str(RUNAI_NEW_DIR), RUNAI_NEW], quiet=True)
+         "--target", str(RUNAI_NEW_DIR), RUNAI_NEW])
     write_stamp("runai-new", RUNAI_NEW)
 
 
@@ -129,8 +128,7 @@ def ensure_editable(pin: dict) -> None:
     # wheel. The "+cpu" local version is how vLLM detects the CPU platform.
     run([str(PY), "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-q",
          "-e", str(TREE)],
-        env={"VLLM_TARGET_DEVICE": "empty", "VLLM_VERSION_OVERRIDE": f"{version}+cpu"},
-        quiet=True)
+        env={"VLLM_TARGET_DEVICE": "empty", "VLLM_VERSION_OVERRIDE": f"{version}+cpu"})
     write_stamp("editable", key)
 
 
@@ -141,7 +139,7 @@ def ensure_plugin() -> None:
         return
     say("installing the CPU MoE workaround plugin (test environment only)")
     run([str(PY), "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-q",
-         "--force-reinstall", str(PLUGIN)], quiet=True)
+         "--force-reinstall", str(PLUGIN)])
     write_stamp("plugin", key)
 
 
@@ -157,7 +155,7 @@ print(f"smoke: vllm {vllm.__version__} from {vllm.__file__}, CPU platform, rms_n
 
 
 def smoke(tree: Path) -> None:
-    out = run([str(PY), "-c", SMOKE], env={"PYTHONPATH": str(tree)}, quiet=True)
+    out = run([str(PY), "-c", SMOKE], env={"PYTHONPATH": str(tree)})
     line = out.strip().splitlines()[-1]
     if str(tree / "vllm") not in line:
         raise ForkError(f"smoke check imported vllm from the wrong tree: {line}")
