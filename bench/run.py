@@ -22,15 +22,13 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from proof import checkpoints, harness  # noqa: E402
-from tools.common import BUILD, ROOT, ForkError, main_wrapper, say  # noqa: E402
+from tools.common import BUILD, ROOT, main_wrapper, say  # noqa: E402
 
 DOCS_TABLE = ROOT / "docs" / "benchmarks.md"
 DOCS_CHART = ROOT / "docs" / "benchmarks-memory.png"
@@ -39,17 +37,9 @@ CONFIGS = [("base", "runai_streamer"), ("patched", "runai_streamer"), ("patched"
 
 
 def measure(tree: str, model: Path, load_format: str, memory_limit: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "m.json"
-        cmd = [harness.PYTHON, "-m", "bench.measure", str(model), load_format,
-               str(memory_limit), str(out)]
-        env = harness.tree_env(tree, "runai-0.17.0-copy")
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=1200)
-        if proc.returncode != 0 or not out.exists():
-            tail = "\n".join(proc.stdout.strip().splitlines()[-20:])
-            raise ForkError(f"measure {tree}/{load_format} failed:\n{tail}")
-        return json.loads(out.read_text())
+    return harness.run_module("bench.measure", [model, load_format, memory_limit],
+                              harness.tree_env(tree, "runai-0.17.0-copy"),
+                              f"measure {tree}/{load_format}", timeout=1200)
 
 
 def median(values: list[float]) -> float:

@@ -60,18 +60,25 @@ def streamer_memory_limit(model_dir: Path) -> int:
     return limit
 
 
-def load_check(tree: str, model_dir: Path, scenario: str, timeout: int = 600) -> dict:
-    """Result of proof.loadcheck for one tree and scenario (see there)."""
+def run_module(module: str, args: list, env: dict, what: str, timeout: int = 900) -> dict:
+    """Run `python -m module *args OUT.json` in its own process; its JSON result.
+    On failure, the end of its output says why."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [PYTHON, "-m", "proof.loadcheck", str(model_dir), scenario,
-               str(streamer_memory_limit(model_dir)), str(out)]
-        proc = subprocess.run(cmd, env=tree_env(tree, scenario), cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        cmd = [PYTHON, "-m", module, *map(str, args), str(out)]
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=timeout)
         if proc.returncode != 0 or not out.exists():
             tail = "\n".join(proc.stdout.strip().splitlines()[-30:])
-            raise ForkError(f"load check {tree}/{scenario} failed:\n{tail}")
-        result = json.loads(out.read_text())
+            raise ForkError(f"{what} failed:\n{tail}")
+        return json.loads(out.read_text())
+
+
+def load_check(tree: str, model_dir: Path, scenario: str) -> dict:
+    """Result of proof.loadcheck for one tree and scenario (see there)."""
+    result = run_module("proof.loadcheck",
+                        [model_dir, scenario, streamer_memory_limit(model_dir)],
+                        tree_env(tree, scenario), f"load check {tree}/{scenario}")
     expected_vllm = str(TREES[tree] / "vllm")
     if not result["vllm_file"].startswith(expected_vllm):
         raise ForkError(f"{tree}: imported vllm from {result['vllm_file']}")
@@ -86,30 +93,14 @@ def differing(result: dict, reference: dict) -> list[str]:
                   if reference["params"].get(name) != d)
 
 
-def reload_check(tree: str, model_dir: Path, reloads: int, alias_check: bool = True,
-                 timeout: int = 600) -> dict:
+def reload_check(tree: str, model_dir: Path, reloads: int, alias_check: bool = True) -> dict:
     """Result of proof.reloadcheck for one tree (see there)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [PYTHON, "-m", "proof.reloadcheck", str(model_dir), str(reloads), str(out)]
-        if not alias_check:
-            cmd.append("--no-alias-check")
-        proc = subprocess.run(cmd, env=tree_env(tree), cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
-        if proc.returncode != 0 or not out.exists():
-            tail = "\n".join(proc.stdout.strip().splitlines()[-30:])
-            raise ForkError(f"reload check on {tree} failed:\n{tail}")
-        return json.loads(out.read_text())
+    # The flag goes before OUT.json, which run_module appends last.
+    args = [model_dir, reloads] + ([] if alias_check else ["--no-alias-check"])
+    return run_module("proof.reloadcheck", args, tree_env(tree), f"reload check on {tree}")
 
 
-def generate(tree: str, model_dir: Path, scenario: str, timeout: int = 900) -> dict:
+def generate(tree: str, model_dir: Path, scenario: str) -> dict:
     """Tokens from the real engine (proof.generate) for one tree and scenario."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [PYTHON, "-m", "proof.generate", str(model_dir), scenario, str(out)]
-        proc = subprocess.run(cmd, env=tree_env(tree, scenario), cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
-        if proc.returncode != 0 or not out.exists():
-            tail = "\n".join(proc.stdout.strip().splitlines()[-30:])
-            raise ForkError(f"engine run {tree}/{scenario} failed:\n{tail}")
-        return json.loads(out.read_text())
+    return run_module("proof.generate", [model_dir, scenario], tree_env(tree, scenario),
+                      f"engine run {tree}/{scenario}")

@@ -1,7 +1,7 @@
 """Reload a tiny NemotronH's weights in place, repeatedly, the way vLLM's
 worker does it (`reload_weights` with checkpoint-format weights).
 
-    python -m proof.reloadcheck MODEL_DIR RELOADS OUT.json [--no-alias-check]
+    python -m proof.reloadcheck MODEL_DIR RELOADS [--no-alias-check] OUT.json
 
 Run once per tree (see harness.py). After each reload every parameter must
 be bit-identical to the first load, and each `MambaMixer2.conv_weights`
@@ -19,7 +19,7 @@ import time
 
 
 def main() -> None:
-    model_dir, reloads, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    model_dir, reloads, out = sys.argv[1], int(sys.argv[2]), sys.argv[-1]
     import torch
     from vllm.model_executor.layers.linear import UnquantizedLinearMethod
     from vllm.model_executor.layers.mamba.mamba_mixer2 import MambaMixer2
