@@ -3,21 +3,24 @@
 #   make test   every test: tooling, series lint, upstream tests, integration
 PY := .venv/bin/python
 
-.PHONY: demo test bench tree export check env lock
+.PHONY: demo test bench audit tree export check check-all env lock
 
 demo: env
 	$(PY) -m proof.demo
 
 test: env
 	$(PY) -m pytest -q tools
-	python3 -m tools.lint
-	python3 -m tools.export --check
+	$(MAKE) --no-print-directory check
 	python3 -m tools.pytest_on patched -q --series-tests
-	$(PY) -m pytest -q proof bench
+	$(PY) -m pytest -q proof bench audit
 
 # Host memory and load time against the floor: build/bench/, docs/benchmarks.md.
 bench: env
 	$(PY) -m bench.run
+
+# Which architectures load safely from streaming loaders: build/audit/, docs/streaming-safety.md.
+audit: env
+	$(PY) -m audit.run
 
 # build/vllm: the pinned sdist as v0.21.0 plus the series, one commit a patch.
 # Reading the sdist's metadata imports torch, hence the locked packages first.
@@ -29,10 +32,19 @@ tree:
 export:
 	python3 -m tools.export
 
-# Series lint and the drift gate (patches/ == the tree's commits).
+# Upstream review readiness: series lint (PR body, DCO, focus), the drift gate
+# (patches/ == the tree's commits), and upstream's own pre-commit hooks, offline,
+# on the files each commit changes.
 check:
+	test -d build/vllm/.git || $(MAKE) --no-print-directory tree
 	python3 -m tools.lint
 	python3 -m tools.export --check
+	python3 -m tools.precommit
+
+# What upstream CI runs: every hook on the whole tree at HEAD, compared with v0.21.0.
+check-all:
+	test -d build/vllm/.git || $(MAKE) --no-print-directory tree
+	python3 -m tools.precommit --all-files
 
 # .venv: locked packages, the tree editable with the CPU kernels, smoke check.
 env:

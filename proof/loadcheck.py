@@ -76,22 +76,33 @@ def digest(tensor) -> str:
     return hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
 
 
-def build_model(model_dir: str, load_format: str, extra: dict, dtype: str = "auto"):
+def build_model(model_dir: str, load_format: str = "auto", extra: dict | None = None,
+                dtype: str = "auto", **engine_args):
     """vLLM's model, built for one rank on CPU, not yet loaded. The vLLM
-    config stays current for the rest of the process: loading needs it."""
+    config stays current until the next build: loading needs it."""
+    import torch
     from vllm.config import set_current_vllm_config
-    from vllm.distributed import ensure_model_parallel_initialized, init_distributed_environment
+    from vllm.distributed import (
+        destroy_model_parallel,
+        ensure_model_parallel_initialized,
+        init_distributed_environment,
+    )
     from vllm.engine.arg_utils import EngineArgs
     from vllm.model_executor.model_loader.utils import initialize_model
 
     args = EngineArgs(model=model_dir, enforce_eager=True, dtype=dtype,
                       max_model_len=256, trust_remote_code=True, load_format=load_format,
-                      model_loader_extra_config=extra)
+                      model_loader_extra_config=extra or {}, **engine_args)
     config = args.create_engine_config()
+    while _CONTEXT:
+        _CONTEXT.pop().__exit__(None, None, None)
     _CONTEXT.append(set_current_vllm_config(config))
     _CONTEXT[-1].__enter__()
-    init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
-                                 distributed_init_method=f"file://{tempfile.mktemp()}")
+    if not torch.distributed.is_initialized():
+        init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
+                                     distributed_init_method=f"file://{tempfile.mktemp()}")
+    # The groups depend on the model (MoE models get an expert-parallel one).
+    destroy_model_parallel()
     ensure_model_parallel_initialized(1, 1)
     model = initialize_model(vllm_config=config)
     return config, model

@@ -35,6 +35,17 @@ class Patch:
     added_lines: list[tuple[str, str]] = field(default_factory=list)
 
 
+def split_message(message: str) -> tuple[str, list[tuple[str, str]]]:
+    """A commit message body (without subject) as (prose, trailers)."""
+    paragraphs = message.strip().split("\n\n")
+    last_par = paragraphs[-1].splitlines() if paragraphs else []
+    trailers = []
+    if last_par and all(TRAILER.match(line) for line in last_par):
+        trailers = [TRAILER.match(line).groups() for line in last_par]
+        paragraphs = paragraphs[:-1]
+    return "\n\n".join(paragraphs), trailers
+
+
 def parse(path: Path) -> Patch:
     """Parse a `git format-patch` file into its message parts and its diff."""
     patch = Patch(path.name)
@@ -57,12 +68,7 @@ def parse(path: Path) -> Patch:
     while i < len(lines) and lines[i] != "---" and not lines[i].startswith("diff --git "):
         message.append(lines[i])
         i += 1
-    paragraphs = "\n".join(message).strip().split("\n\n")
-    last_par = paragraphs[-1].splitlines() if paragraphs else []
-    if last_par and all(TRAILER.match(line) for line in last_par):
-        patch.trailers = [TRAILER.match(line).groups() for line in last_par]
-        paragraphs = paragraphs[:-1]
-    patch.body = "\n\n".join(paragraphs)
+    patch.body, patch.trailers = split_message("\n".join(message))
     current = None
     for line in lines[i:]:
         if line.startswith("diff --git "):

@@ -1,0 +1,120 @@
+"""Three ways to hand the same checkpoint to a model's `load_weights`, and the
+verdict they give together.
+
+- private copies: every tensor is the consumer's own (the reference load);
+- one reused buffer: every tensor is a view into a single buffer that is
+  overwritten with a sentinel before the next tensor arrives, and once more
+  after the last, like a streamer whose memory limit fits one tensor. A
+  `load_weights` that keeps a yielded tensor past its step loads the sentinel
+  or a later tensor's bytes;
+- liveness: private copies tracked by weak reference. A `load_weights` that
+  collects the iterator keeps them all alive at once, which is the whole
+  checkpoint in host memory per worker with a copying loader.
+
+Only torch here, so the unit tests run it on toy loaders.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+
+Weights = Iterable[tuple[str, torch.Tensor]]
+
+# 0xFF bytes: NaN in every floating format, -1 in every signed integer.
+SENTINEL_BYTE = 0xFF
+# Holding more than this fraction of the checkpoint at once is materializing it.
+MATERIALIZES_ABOVE = 0.5
+
+
+def private_copies(source: Callable[[], Weights]) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, tensor in source():
+        yield name, tensor.clone()
+
+
+def reused_buffer(source: Callable[[], Weights]) -> Iterator[tuple[str, torch.Tensor]]:
+    tensors = list(source())
+    size = max((t.numel() * t.element_size() for _, t in tensors), default=0)
+    buffer = torch.empty(size, dtype=torch.uint8)
+    for name, tensor in tensors:
+        buffer.fill_(SENTINEL_BYTE)
+        nbytes = tensor.numel() * tensor.element_size()
+        view = buffer[:nbytes].view(tensor.dtype).view(tensor.shape)
+        view.copy_(tensor)
+        yield name, view
+    buffer.fill_(SENTINEL_BYTE)
+
+
+class Liveness:
+    """Private copies; counts how many of them are alive after each step.
+
+    A weak reference follows the tensor object, not its storage: a consumer
+    that keeps only a view of a yielded tensor is missed here, and caught by
+    the reused buffer instead."""
+
+    def __init__(self, source: Callable[[], Weights]):
+        self.source = source
+        self.refs: list[tuple[weakref.ref, int]] = []
+        self.peak_alive = self.peak_bytes = 0
+
+    def _count(self) -> None:
+        alive = [nbytes for ref, nbytes in self.refs if ref() is not None]
+        self.peak_alive = max(self.peak_alive, len(alive))
+        self.peak_bytes = max(self.peak_bytes, sum(alive))
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in self.source():
+            copy = tensor.clone()
+            self.refs.append((weakref.ref(copy), copy.numel() * copy.element_size()))
+            yield name, copy
+            del copy
+            self._count()  # the consumer has had its step: what did it keep?
+        self._count()
+
+    @property
+    def total(self) -> int:
+        return len(self.refs)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(nbytes for _, nbytes in self.refs)
+
+
+def state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer, as bytes (NaN compares equal to itself)."""
+    state = {}
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        data = tensor.detach().to("cpu").contiguous().reshape(-1)
+        state[name] = data.view(torch.uint8).clone() if data.numel() else data.clone()
+    return state
+
+
+def differing(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> list[str]:
+    return sorted(name for name, ref in reference.items()
+                  if name not in state or not torch.equal(state[name], ref))
+
+
+def verdict(reference: dict, poisoned: dict | str, liveness: Liveness) -> tuple[str, dict]:
+    """(verdict, evidence). poisoned is the state after the reused-buffer load,
+    or the error that load raised while the reference load did not."""
+    evidence = {"tensors": liveness.total, "peak_alive": liveness.peak_alive,
+                "peak_alive_fraction": round(liveness.peak_alive / max(liveness.total, 1), 3),
+                "peak_alive_bytes": liveness.peak_bytes, "total_bytes": liveness.total_bytes}
+    if isinstance(poisoned, str):
+        return "stale", {**evidence, "error_with_reused_buffer": poisoned}
+    corrupted = differing(poisoned, reference)
+    if corrupted:
+        return "stale", {**evidence, "corrupted": corrupted}
+    if evidence["peak_alive_fraction"] > MATERIALIZES_ABOVE:
+        return "materializes", evidence
+    return "safe", evidence
+
+
+def zero_state(module: torch.nn.Module) -> None:
+    """A fresh model's storage is uninitialized; zero it so two loads compare
+    only what load_weights wrote."""
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.zero_()
