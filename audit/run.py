@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -45,7 +46,11 @@ def checkpoint_dir() -> Path:
     locked transformers makes new ones."""
     key = hashlib.sha256((ROOT / "audit" / "tiny.py").read_bytes()
                          + (ROOT / "env" / "requirements.lock").read_bytes()).hexdigest()[:12]
-    return CACHE / "audit" / f"checkpoints-{key}"
+    dest = CACHE / "audit" / f"checkpoints-{key}"
+    for old in dest.parent.glob("checkpoints-*"):
+        if old != dest:
+            shutil.rmtree(old, ignore_errors=True)
+    return dest
 
 
 def checkpoints(only: list[str] | None) -> dict:

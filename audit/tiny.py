@@ -11,6 +11,7 @@ those checkpoints.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 # Sizes for every config key that names one; only keys the config already has,
 # with an integer value, are changed.
@@ -114,8 +115,21 @@ def write_checkpoint(arch: str, model_type: str, dest) -> None:
     except Exception as e:  # noqa: BLE001
         raise NotBuildable(f"transformers {arch}(tiny config): {type(e).__name__}: {e}") from e
     model.save_pretrained(dest)
+    # transformers 5 saves some models under legacy names that are not what
+    # either of its formats reads back (Llava: `model.language_model.model.*`).
+    # Real checkpoints made since 4.52 use the in-memory names, so those are
+    # kept too, for the audit to try when the saved names are rejected.
+    from safetensors.torch import save_file
+
+    alternative = Path(dest) / IN_MEMORY_NAMES
+    alternative.mkdir()
+    save_file({name: tensor.detach().clone().contiguous()
+               for name, tensor in model.state_dict().items()},
+              str(alternative / "model.safetensors"))
+    config.save_pretrained(alternative)
 
 
+IN_MEMORY_NAMES = "in-memory-names"
 NOT_IN_TRANSFORMERS = ("no tiny config without downloads: transformers does not implement "
                        "this architecture, so its config only exists in the model's hub "
                        "repository")
@@ -125,7 +139,6 @@ def generate(dest, only: list[str] | None = None) -> dict:
     """{architecture: {"dir": path} or {"reason": why not}} for every
     architecture in vLLM's registry (or `only`), generating what is missing."""
     import shutil
-    from pathlib import Path
 
     import transformers
     from vllm.model_executor.models.registry import ModelRegistry

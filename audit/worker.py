@@ -40,15 +40,16 @@ def audit(arch: str, model_dir: Path) -> dict:
     import torch
 
     from audit import streams
+    from audit.tiny import IN_MEMORY_NAMES
     from proof.loadcheck import build_model
 
-    source = checkpoint(model_dir)
-    # Multimodal configs may need the tokenizer (image token ids).
-    needs_tokenizer = (model_dir / "tokenizer_config.json").exists()
-
-    def load(weights):
+    def load(model_dir, weights):
+        # Multimodal configs may need the tokenizer (image token ids).
+        needs_tokenizer = (model_dir / "tokenizer_config.json").exists()
         try:
-            _, model = build_model(str(model_dir), skip_tokenizer_init=not needs_tokenizer)
+            # max_model_len from the config: some encoders allow fewer than 256.
+            _, model = build_model(str(model_dir), max_model_len=None,
+                                   skip_tokenizer_init=not needs_tokenizer)
         except Exception as e:  # noqa: BLE001 - any failure here is "could not build"
             raise NotBuilt(f"vLLM cannot build it on CPU: {short(e)}") from e
         streams.zero_state(model)
@@ -56,22 +57,30 @@ def audit(arch: str, model_dir: Path) -> dict:
             model.load_weights(weights)
         return streams.state_of(model)
 
-    try:
+    # The saved names first, then transformers' in-memory names if it made them.
+    rejected = None
+    for candidate in (model_dir, model_dir / IN_MEMORY_NAMES):
+        if not (candidate / "config.json").exists():
+            continue
+        source = checkpoint(candidate)
         try:
-            reference = load(streams.private_copies(source))
-        except NotBuilt:
-            raise
+            reference = load(candidate, streams.private_copies(source))
+            break
+        except NotBuilt as e:
+            return {"architecture": arch, "verdict": "not_built", "evidence": {"reason": str(e)}}
         except Exception as e:  # noqa: BLE001
-            raise NotBuilt(f"load_weights rejects the checkpoint: {short(e)}") from e
-    except NotBuilt as e:
-        return {"architecture": arch, "verdict": "not_built", "evidence": {"reason": str(e)}}
+            rejected = rejected or f"load_weights rejects the checkpoint: {short(e)}"
+    else:
+        return {"architecture": arch, "verdict": "not_built", "evidence": {"reason": rejected}}
     try:
-        poisoned = load(streams.reused_buffer(source))
+        poisoned = load(candidate, streams.reused_buffer(source))
     except Exception as e:  # noqa: BLE001 - failing only on reused buffers is a finding
         poisoned = short(e)
     liveness = streams.Liveness(source)
-    load(liveness)
+    load(candidate, liveness)
     verdict, evidence = streams.verdict(reference, poisoned, liveness)
+    if candidate != model_dir:
+        evidence["names"] = "transformers in-memory names"
     return {"architecture": arch, "verdict": verdict, "evidence": evidence}
 
 

@@ -77,7 +77,7 @@ def digest(tensor) -> str:
 
 
 def build_model(model_dir: str, load_format: str = "auto", extra: dict | None = None,
-                dtype: str = "auto", **engine_args):
+                dtype: str = "auto", max_model_len: int | None = 256, **engine_args):
     """vLLM's model, built for one rank on CPU, not yet loaded. The vLLM
     config stays current until the next build: loading needs it."""
     import torch
@@ -91,7 +91,7 @@ def build_model(model_dir: str, load_format: str = "auto", extra: dict | None = 
     from vllm.model_executor.model_loader.utils import initialize_model
 
     args = EngineArgs(model=model_dir, enforce_eager=True, dtype=dtype,
-                      max_model_len=256, trust_remote_code=True, load_format=load_format,
+                      max_model_len=max_model_len, trust_remote_code=True, load_format=load_format,
                       model_loader_extra_config=extra or {}, **engine_args)
     config = args.create_engine_config()
     while _CONTEXT:

@@ -21,6 +21,7 @@ run. Anything new fails the run, naming the hook.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -160,7 +161,6 @@ def derive(tree: Path) -> dict:
 
 def tools_venv() -> Path:
     """pre-commit itself, in a venv in the cache keyed by env/precommit.txt."""
-    import hashlib
     key = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:12]
     venv = CACHE / "precommit" / f"venv-{key}"
     done = venv / ".complete"
