@@ -25,7 +25,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -73,7 +72,7 @@ class Worker:
         self.tree, self.pending, self.out = tree, list(jobs), out
         self.results: list[dict] = []
         self.proc = None
-        self.log = out.with_suffix(".log").open("a")
+        self.log = out.with_suffix(".log").open("w")
         out.unlink(missing_ok=True)
 
     def start(self) -> None:
@@ -235,4 +234,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main_wrapper(main))
+    main_wrapper(main)

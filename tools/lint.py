@@ -80,7 +80,8 @@ def parse(path: Path) -> Patch:
     return patch
 
 
-def lint_patch(patch: Patch) -> list[str]:
+def message_problems(patch: Patch) -> list[str]:
+    """What upstream's PR template and DCO bot would reject in a commit message."""
     problems = []
     if not re.match(r"^\[[A-Za-z][\w /-]*\] \S", patch.subject):
         problems.append(f"subject {patch.subject!r} lacks a [Tag] prefix such as [Bugfix]")
@@ -92,6 +93,11 @@ def lint_patch(patch: Patch) -> list[str]:
         problems.append("no Signed-off-by: trailer (DCO)")
     elif patch.author not in signoffs:
         problems.append(f"no Signed-off-by: matches the author {patch.author!r}")
+    return problems
+
+
+def lint_patch(patch: Patch) -> list[str]:
+    problems = message_problems(patch)
     declared = {v.strip() for k, v in patch.trailers if k == "Fork-Touches"}
     if not declared:
         problems.append("no Fork-Touches: trailer declares the files it may touch")
