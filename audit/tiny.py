@@ -21,6 +21,11 @@ TINY = {
                      "encoder_ffn_dim", "decoder_ffn_dim", "intermediate_size_mlp"], 128),
     **dict.fromkeys(["moe_intermediate_size", "expert_intermediate_size"], 32),
     "shared_expert_intermediate_size": 64,
+    "expert_ffn_hidden_size": 32,
+    # A vision tower's output feeds the text model, so it has the text width.
+    "out_hidden_size": 64,
+    "hidden_dim": 64,
+    "vocab_size_per_layer_input": 512,
     **dict.fromkeys(["num_attention_heads", "n_head", "n_heads", "num_heads",
                      "encoder_attention_heads", "decoder_attention_heads"], 4),
     **dict.fromkeys(["num_key_value_heads", "n_kv_heads", "multi_query_group_num"], 2),
