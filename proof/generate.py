@@ -1,11 +1,19 @@
-"""Start the real vLLM engine on CPU and generate greedily.
+"""Start the real vLLM engine on CPU, read back what every rank loaded, and
+generate greedily.
 
-    python -m proof.generate MODEL_DIR SCENARIO OUT.json
+    python -m proof.generate MODEL_DIR LOADER OUT.json
 
-Scenarios: `auto` (the reference) and `runai-dist-tp2`: runai-model-streamer
-0.15.7 in distributed mode, tensor parallel 2 over gloo, with the streamer's
-buffers made small enough that a tiny model reuses them. Run once per tree
-(see harness.py). Writes the generated token ids.
+Every run uses the same engine settings (ENGINE_ARGS, ENGINE_ENV): tensor
+parallel 2 on the mp executor, bfloat16, one core per worker. Only the loader
+(LOADERS) differs between a run and its reference, so the two can be compared
+exactly; a different parallel layout rounds differently and greedy tokens of a
+random tiny model flip on near-ties.
+
+Loaders: `auto` (the reference) and `runai-0.15.7-dist`: runai-model-streamer
+0.15.7 in distributed mode, over gloo, with the streamer's buffers made small
+enough that a tiny model reuses them. Run once per tree (see harness.py).
+Writes, per rank, a digest of every parameter right after loading (see
+proof/rankdigest.py), the generated token ids, and the settings it ran with.
 """
 
 from __future__ import annotations
@@ -15,36 +23,65 @@ import os
 import sys
 
 PROMPTS = ["The capital of France is", "Streaming loaders reuse"]
+MAX_TOKENS = 12
+TENSOR_PARALLEL = 2
+
+# Shared by every engine run, reference and subject alike.
+ENGINE_ARGS = dict(enforce_eager=True, max_model_len=256, max_num_seqs=4, dtype="bfloat16",
+                   limit_mm_per_prompt={"image": 0}, tensor_parallel_size=TENSOR_PARALLEL,
+                   distributed_executor_backend="mp",
+                   worker_extension_cls="proof.rankdigest.LoadedParamDigests")
+ENGINE_ENV = {
+    # gloo on CPU needs the streamer's opt-in; buffers of 0 bytes minimum let
+    # the streamer size them to this tiny model, so they are reused. Both
+    # only matter to the streamer, and are set for `auto` runs too.
+    "RUNAI_STREAMER_DIST": "1",
+    "RUNAI_STREAMER_DIST_BUFFER_MIN_BYTESIZE": "0",
+    # Automatic thread binding fails on a single NUMA node.
+    "VLLM_CPU_OMP_THREADS_BIND": "0|1",
+}
+# The only engine arguments a run may change against its reference.
+LOADERS = {
+    "auto": {"load_format": "auto"},
+    "runai-0.15.7-dist": {"load_format": "runai_streamer",
+                          "model_loader_extra_config": {"distributed": True}},
+}
+LOADER_KEYS = {"load_format", "model_loader_extra_config"}
+# Environment that can change what the engine computes, recorded with the run.
+RECORDED_ENV_PREFIXES = ("VLLM_", "RUNAI_", "OMP_", "ATEN_", "ONEDNN_", "HF_", "TOKENIZERS_")
 
 
-def engine_args(model_dir: str, scenario: str) -> dict:
-    args = dict(model=model_dir, enforce_eager=True, max_model_len=256, max_num_seqs=4,
-                dtype="bfloat16", limit_mm_per_prompt={"image": 0})
-    if scenario == "runai-dist-tp2":
-        args.update(load_format="runai_streamer", tensor_parallel_size=2,
-                    distributed_executor_backend="mp",
-                    model_loader_extra_config={"distributed": True})
-    elif scenario != "auto":
-        raise SystemExit(f"unknown scenario {scenario}")
-    return args
+def engine_args(model_dir: str, loader: str) -> dict:
+    if loader not in LOADERS:
+        raise SystemExit(f"unknown loader {loader}; known: {', '.join(LOADERS)}")
+    return {"model": model_dir, **ENGINE_ARGS, **LOADERS[loader]}
+
+
+def recorded_env() -> dict:
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(RECORDED_ENV_PREFIXES)}
 
 
 def main() -> None:
-    model_dir, scenario, out = sys.argv[1:4]
-    if scenario == "runai-dist-tp2":
-        # gloo on CPU needs the streamer's opt-in; buffers of 0 bytes minimum
-        # let the streamer size them to this tiny model, so they are reused.
-        os.environ["RUNAI_STREAMER_DIST"] = "1"
-        os.environ["RUNAI_STREAMER_DIST_BUFFER_MIN_BYTESIZE"] = "0"
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0|1"
+    model_dir, loader, out = sys.argv[1:4]
+    os.environ.update(ENGINE_ENV)
     from vllm import LLM, SamplingParams
 
-    llm = LLM(**engine_args(model_dir, scenario))
-    params = SamplingParams(temperature=0.0, max_tokens=12)
-    outputs = llm.generate(PROMPTS, params)
-    tokens = [list(o.outputs[0].token_ids) for o in outputs]
+    args = engine_args(model_dir, loader)
+    llm = LLM(**args)
+    ranks = sorted(llm.collective_rpc("loaded_param_digests"), key=lambda r: r["rank"])
+    outputs = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS))
+    import vllm
+
+    result = {
+        "engine_args": args,
+        "env": recorded_env(),
+        "vllm_file": vllm.__file__,
+        "ranks": ranks,
+        "tokens": [list(o.outputs[0].token_ids) for o in outputs],
+        "text": [o.outputs[0].text for o in outputs],
+    }
     with open(out, "w") as f:
-        json.dump({"tokens": tokens, "text": [o.outputs[0].text for o in outputs]}, f)
+        json.dump(result, f)
 
 
 if __name__ == "__main__":

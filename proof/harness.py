@@ -23,12 +23,37 @@ RUNAI_NEW_DIR = VENV / "runai-0.17.0"
 PYTHON = str(VENV / "bin" / "python")
 
 
-def tree_env(tree: str, scenario: str = "auto") -> dict:
+AVX2_KERNELS_DIR = ROOT / "proof" / "avx2_kernels"
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags")
+            for flag in line.split(":", 1)[1].split()}
+
+
+def kernel_choices() -> list[str]:
+    """The CPU kernel builds this machine can run the engine on: the one vLLM
+    detects, and on an AVX-512 CPU also the AVX2 build (see avx2_kernels/)."""
+    return ["detected", "avx2"] if "avx512f" in cpu_flags() else ["detected"]
+
+
+def tree_env(tree: str, scenario: str = "auto", kernels: str = "detected") -> dict:
     paths = [str(TREES[tree]), str(ROOT)]
     if "0.17.0" in scenario:
         paths.insert(0, str(RUNAI_NEW_DIR))
-    return {**os.environ, "PYTHONPATH": ":".join(paths), "HF_HUB_OFFLINE": "1",
-            "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    if kernels == "avx2":
+        paths.insert(0, str(AVX2_KERNELS_DIR))
+        env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    elif kernels != "detected":
+        raise ForkError(f"unknown kernel choice {kernels}; known: detected, avx2")
+    env["PYTHONPATH"] = ":".join(paths)
+    return env
 
 
 def tensor_sizes(model_dir: Path) -> dict[str, int]:
@@ -100,7 +125,44 @@ def reload_check(tree: str, model_dir: Path, reloads: int, alias_check: bool = T
     return run_module("proof.reloadcheck", args, tree_env(tree), f"reload check on {tree}")
 
 
-def generate(tree: str, model_dir: Path, scenario: str) -> dict:
-    """Tokens from the real engine (proof.generate) for one tree and scenario."""
-    return run_module("proof.generate", [model_dir, scenario], tree_env(tree, scenario),
-                      f"engine run {tree}/{scenario}")
+def generate(tree: str, model_dir: Path, loader: str, kernels: str = "detected") -> dict:
+    """What the real engine loaded on every rank and generated (proof.generate),
+    for one tree and loader."""
+    result = run_module("proof.generate", [model_dir, loader], tree_env(tree, kernels=kernels),
+                        f"engine run {tree}/{loader}/{kernels} kernels")
+    if not result["vllm_file"].startswith(str(TREES[tree] / "vllm")):
+        raise ForkError(f"{tree}: the engine imported vllm from {result['vllm_file']}")
+    return result
+
+
+def settings_besides_loader(result: dict) -> dict:
+    """Everything an engine run was started with except its loader and tree."""
+    from proof.generate import LOADER_KEYS
+
+    args = {k: v for k, v in result["engine_args"].items() if k not in LOADER_KEYS}
+    return {"engine_args": args, "env": result["env"],
+            "kernels": [rank["kernels"] for rank in result["ranks"]]}
+
+
+def differences_besides_loader(result: dict, reference: dict) -> list[str]:
+    """What else two engine runs differ in than the loader: must be nothing,
+    or a difference in weights or tokens could come from there."""
+    ours, theirs = settings_besides_loader(result), settings_besides_loader(reference)
+    found = []
+    for part in ("engine_args", "env"):
+        for key in sorted(ours[part].keys() | theirs[part].keys()):
+            if ours[part].get(key) != theirs[part].get(key):
+                found.append(f"{part} {key}: {theirs[part].get(key)!r} (reference) "
+                             f"vs {ours[part].get(key)!r}")
+    if ours["kernels"] != theirs["kernels"]:
+        found.append(f"kernels: {theirs['kernels']} (reference) vs {ours['kernels']}")
+    return found
+
+
+def differing_per_rank(result: dict, reference: dict) -> list[list[str]]:
+    """For each tensor-parallel rank, the parameters whose loaded bytes
+    differ from the reference run's same rank."""
+    if len(result["ranks"]) != len(reference["ranks"]):
+        raise ForkError("the two engine runs have different numbers of ranks")
+    return [differing(ours, theirs) for ours, theirs in zip(result["ranks"], reference["ranks"],
+                                                            strict=True)]

@@ -1,0 +1,53 @@
+"""What every engine worker loaded, read from inside the worker.
+
+Named as vLLM's `worker_extension_cls` (see proof/generate.py), this module
+is imported in each worker process before the model is loaded. Importing it
+wraps the loader's `process_weights_after_loading` so that a digest of every
+parameter is taken right after `load_weights` returns: on CPU that step
+repacks linear weights and empties the originals, so afterwards the loaded
+bytes are gone. The engine then asks every rank for its digests with
+`LLM.collective_rpc("loaded_param_digests")`.
+
+Digests are of the exact bytes (proof.loadcheck.digest): two runs compare
+equal only if every rank loaded bit-identical parameters, whatever the CPU
+rounds differently.
+"""
+
+from __future__ import annotations
+
+from vllm.model_executor.model_loader import base_loader
+
+from proof.loadcheck import digest
+
+_LOADED: dict[str, str] = {}
+_process_weights_after_loading = base_loader.process_weights_after_loading
+
+
+def _digest_then_process(model, model_config, target_device):
+    _LOADED.clear()
+    _LOADED.update({name: digest(p) for name, p in model.named_parameters()})
+    return _process_weights_after_loading(model, model_config, target_device)
+
+
+# Only once per process, even if the module is imported again.
+if base_loader.process_weights_after_loading is _process_weights_after_loading:
+    base_loader.process_weights_after_loading = _digest_then_process
+
+
+def kernel_library() -> str:
+    """File name of the vLLM CPU kernel build mapped into this process."""
+    with open("/proc/self/maps") as maps:
+        names = {line.rsplit("/", 1)[-1].strip() for line in maps if "/vllm/_C" in line}
+    return ",".join(sorted(names)) or "none"
+
+
+class LoadedParamDigests:
+    """Mixed into vLLM's worker class; called through collective_rpc."""
+
+    def loaded_param_digests(self) -> dict:
+        from vllm.distributed import get_tensor_model_parallel_rank
+
+        if not _LOADED:
+            raise RuntimeError("no digests: the model was not loaded through BaseModelLoader")
+        return {"rank": get_tensor_model_parallel_rank(), "kernels": kernel_library(),
+                "params": dict(_LOADED)}
