@@ -6,7 +6,12 @@ holds what more than one of them needs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,11 +47,97 @@ class ForkError(Exception):
     """An error the user can act on; printed without a traceback."""
 
 
+class InjectedFault(Exception):
+    """Raised at a step boundary by the crash-consistency tests."""
+
+
+# Crash-consistency tests (tools/test_crash.py) name a step and what happens
+# there: VLLM_FORK_TEST_FAULT=STEP:raise|sigint|sigkill, or =trace to list steps.
+FAULT_ENV = "VLLM_FORK_TEST_FAULT"
+
+
+def fault_point(step: str) -> None:
+    """A boundary between two steps of `tree` or `export`."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec == "trace":
+        print(f"fault point: {step}", file=sys.stderr, flush=True)
+        return
+    name, _, action = spec.partition(":")
+    if name != step:
+        return
+    if action == "sigint":
+        os.kill(os.getpid(), signal.SIGINT)
+    elif action == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        raise InjectedFault(step)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold Ctrl-C, SIGTERM and SIGHUP until the block is done: a step that
+    must not stop half-way. git children inherit the mask. SIGKILL cannot be
+    held; the journals in tree.py and export.py make a killed step resumable."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def tree_lock(tree: Path):
+    """One `tree` or `export` at a time on a materialized tree. flock is
+    released by the kernel when its holder dies, so a killed run never
+    leaves a stale lock behind."""
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    path = tree.parent / f".{tree.name}.lock"
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise ForkError(f"another `make tree` or `make export` is using {tree} "
+                            f"(pid {holder}); wait for it to finish and run again") from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace path's contents in one rename: readers see old or new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ForkError(f"{path} is unreadable ({e}); delete it and run again") from e
+
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
 def load_pin(path: Path = PIN_FILE) -> dict:
     if not path.exists():
         raise ForkError(f"{path}: the pin file is missing; it says which upstream to build")
-    with path.open("rb") as f:
-        pin = tomllib.load(f)
+    try:
+        with path.open("rb") as f:
+            pin = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ForkError(f"{path} is not valid TOML: {e}; fix it (git diff {path.name} "
+                        "shows what changed)") from e
     for section, keys in {
         "upstream": ("name", "version", "sdist_sha256", "tag", "date"),
         "cpu_kernels": ("name", "version", "wheel_sha256", "files"),
@@ -54,6 +145,10 @@ def load_pin(path: Path = PIN_FILE) -> dict:
         for key in keys:
             if not pin.get(section, {}).get(key):
                 raise ForkError(f"{path}: [{section}] {key} is missing or empty")
+    for section, key in (("upstream", "sdist_sha256"), ("cpu_kernels", "wheel_sha256")):
+        if not SHA256.match(str(pin[section][key])):
+            raise ForkError(f"{path}: [{section}] {key} must be 64 lowercase hex digits "
+                            f"(sha256sum's form), not {pin[section][key]!r}")
     return pin
 
 

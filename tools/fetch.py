@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tools.common import CACHE, VENV, ForkError, load_pin, main_wrapper, say
+from tools.common import CACHE, SHA256, VENV, ForkError, load_pin, main_wrapper, say
 
 
 def sha256_of(path: Path) -> str:
@@ -29,6 +29,14 @@ def sha256_of(path: Path) -> str:
 
 
 def verify(path: Path, expected: str) -> None:
+    if not SHA256.match(expected):
+        # A malformed pin would otherwise read as a bad download, and the
+        # advice to delete it would delete a good file.
+        raise ForkError(f"the pinned sha256 {expected!r} is not 64 lowercase hex digits: "
+                        "fix pin.toml (the file was not checked)")
+    if not path.is_file():
+        raise ForkError(f"{path} is not a file where the download should be: remove it "
+                        "(rm -r) and run again")
     actual = sha256_of(path)
     if actual != expected:
         raise ForkError(

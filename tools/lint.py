@@ -46,10 +46,30 @@ def split_message(message: str) -> tuple[str, list[tuple[str, str]]]:
     return "\n\n".join(paragraphs), trailers
 
 
+class NotUtf8(ValueError):
+    pass
+
+
+# git quotes a path with unusual characters: diff --git "a/sp ace\303\251" "b/..."
+DIFF_HEADER = re.compile(r'^diff --git ("a/(?:[^"\\]|\\.)*"|a/\S+) ("b/(?:[^"\\]|\\.)*"|b/\S+)$')
+
+
+def unquote_path(token: str) -> str:
+    """A path from a diff header, without its a/ or b/ and git's C quoting."""
+    if token.startswith('"'):
+        raw = token[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
+        token = raw.encode("latin-1").decode("utf-8", "replace")
+    return token[2:]
+
+
 def parse(path: Path) -> Patch:
     """Parse a `git format-patch` file into its message parts and its diff."""
     patch = Patch(path.name)
-    lines = path.read_text().split("\n")
+    try:
+        lines = path.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise NotUtf8(f"is not UTF-8 (byte {e.start}); format-patch writes UTF-8: "
+                      "export it again") from e
     i = 0
     headers: dict[str, str] = {}
     last = None
@@ -72,7 +92,10 @@ def parse(path: Path) -> Patch:
     current = None
     for line in lines[i:]:
         if line.startswith("diff --git "):
-            a, b = re.match(r"diff --git a/(\S+) b/(\S+)", line).groups()
+            header = DIFF_HEADER.match(line)
+            if not header:
+                raise ValueError(f"has a diff header git would not write: {line[:80]!r}")
+            a, b = (unquote_path(t) for t in header.groups())
             patch.files += [a] if a == b else [a, b]
             current = b
         elif line.startswith("+") and not line.startswith("+++") and current:
@@ -140,7 +163,11 @@ def lint_series(patches: Path = PATCHES,
     listed = series_tests.read_text() if series_tests and series_tests.exists() else None
     for name in names:
         if (patches / name).exists():
-            patch = parse(patches / name)
+            try:
+                patch = parse(patches / name)
+            except ValueError as e:
+                problems.append(f"{name}: {e}")
+                continue
             problems += [f"{name}: {p}" for p in lint_patch(patch)]
             if listed is not None:
                 problems += [f"{name}: {p}" for p in unrun_tests(patch, listed)]

@@ -2,10 +2,13 @@
 
     python3 -m tools.tree [--force] [--python PY]
 
-The tree is built in a scratch repository next to build/vllm and only moved
-into place once every patch applied, so a failing patch leaves nothing
-half-applied. An existing build/vllm is updated in place (git reset), which
-keeps its untracked files (the CPU kernels, the editable install's files).
+The tree is built in a scratch repository next to build/vllm. An existing
+build/vllm then switches to it in one resumable step: the new commits are
+fetched, a journal names the target, and main, HEAD and the work tree move
+to it with Ctrl-C held off; a run killed half-way is finished by the next
+run. Untracked files (the CPU kernels, the editable install's files) stay.
+A lock keeps two runs apart, and build/vllm records which patches it was
+built from (tools/record.py), so that `export` knows which side is newer.
 """
 
 from __future__ import annotations
@@ -16,23 +19,25 @@ import shutil
 import tarfile
 from pathlib import Path
 
+from tools import record
 from tools.common import (
     BASE_TREE,
     BUILD,
     PATCHES,
     TREE,
     ForkError,
+    fault_point,
     git,
     load_pin,
     main_wrapper,
     read_series,
     say,
+    signals_deferred,
+    tree_lock,
 )
 
 # Files setuptools writes into every sdist; they are not upstream source.
 SDIST_ONLY = ("PKG-INFO", "setup.cfg")
-# Records the HEAD this tool last produced, to tell our commits from a developer's.
-MARKER = "fork-materialized-head"
 
 
 def unpack_sdist(sdist: Path, dest: Path) -> None:
@@ -98,77 +103,151 @@ def rejected_hunk(patch: Path, am_output: str) -> str:
     return f"rejected hunk in {path}:\n{text[hunk_start:hunk_end]}"
 
 
-def apply_series(repo: Path, patches: Path) -> None:
-    for name in read_series(patches):
+def checked_series(patches: Path) -> list[str]:
+    """The series' patch names, every one checked before anything is applied."""
+    names = read_series(patches)
+    missing = [n for n in names if not (patches / n).is_file()]
+    if missing:
+        raise ForkError(f"{patches / 'series'} lists {', '.join(missing)}, which "
+                        f"{'does' if len(missing) == 1 else 'do'} not exist in {patches}")
+    if not names:
+        say(f"{patches / 'series'} is empty: the tree is the bare upstream base")
+    return names
+
+
+# git am's advice names a scratch repository that is gone by the time it is read.
+AM_ADVICE = re.compile(r"^(hint: .*|When you have resolved this problem.*|If you prefer to skip"
+                       r" this patch.*|To restore the original branch.*|Use 'git am --show-"
+                       r"current-patch.*)$", re.MULTILINE)
+
+
+def apply_series(repo: Path, patches: Path, names: list[str]) -> None:
+    for number, name in enumerate(names, 1):
         patch = patches / name
-        if not patch.exists():
-            raise ForkError(f"patches/series lists {name}, which does not exist")
         # -k keeps "[Bugfix]" in the subject; no --3way: a patch that no longer
         # applies must be refreshed by a developer, not merged by guesswork.
         proc = git(repo, "am", "-k", "--committer-date-is-author-date", str(patch), check=False)
         if proc.returncode != 0:
-            output = proc.stdout + proc.stderr
+            output = AM_ADVICE.sub("", proc.stdout + proc.stderr).strip()
             git(repo, "am", "--abort", check=False)
             raise ForkError(f"patch {name} does not apply to the tree built so far:\n"
-                            f"{output.strip()}\n{rejected_hunk(patch, output)}")
+                            f"{output}\n{rejected_hunk(patch, output)}\n"
+                            f"Nothing was changed. Refresh the patch (see README: change a "
+                            f"patch) against the pinned upstream.")
         say(f"applied {name}")
+        fault_point(f"apply-{number}")
 
 
-def exported_already(dest: Path, patches: Path, tag: str) -> bool:
-    from tools.export import export
+def work_at_risk(dest: Path, patches: Path, tag: str) -> str:
+    """What a switch of dest would throw away that is in neither patches/ nor
+    a build record: uncommitted edits, an unfinished git am or rebase, or
+    commits on HEAD or main (the branch the switch moves) not yet exported."""
+    from tools.export import exported
 
-    try:
-        return export(dest, patches, base=tag, check=True) == []
-    except ForkError:
-        return False
-
-
-def install(new: Path, dest: Path, force: bool, patches: Path, tag: str) -> None:
-    """Move the freshly built repository into dest without losing a developer's work."""
-    if not dest.exists():
-        new.rename(dest)
-        return
-    if not (dest / ".git").exists():
-        raise ForkError(f"{dest} exists but is not a git repository; move it away")
     status = git(dest, "status", "--porcelain", "--untracked-files=no").stdout.strip()
-    if (dest / ".git" / "rebase-apply").exists() or (dest / ".git" / "rebase-merge").exists():
-        status = status or "a rebase or git am is in progress"
-    head = git(dest, "rev-parse", "HEAD", check=False).stdout.strip()
-    marker = dest / ".git" / MARKER
-    ours = marker.exists() and marker.read_text().strip() == head
-    if not ours and not status and exported_already(dest, patches, tag):
-        ours = True  # a developer's commits, already exported to patches/
-    if not force and status:
-        raise ForkError(f"{dest} has uncommitted changes; commit and `make export` them, "
-                        f"or run with --force to discard:\n{status}")
-    if not force and not ours:
-        raise ForkError(f"{dest} has commits that did not come from patches/ (HEAD {head[:12]}); "
-                        "run `make export` to keep them, or --force to discard them")
+    if status:
+        return (f"{dest} has uncommitted changes; commit and `make export` them, or run "
+                f"with --force to discard them:\n{status}")
+    for state in ("rebase-apply", "rebase-merge"):
+        if (dest / ".git" / state).exists():
+            return (f"{dest} has a git am or rebase in progress; finish or abort it "
+                    "(git am --abort / git rebase --abort), or run with --force")
+    built = (record.read(dest) or {}).get("head")
+    for ref in ("HEAD", "refs/heads/main"):
+        sha = git(dest, "rev-parse", "-q", "--verify", ref, check=False).stdout.strip()
+        if sha and sha != built and not exported(dest, patches, tag, sha):
+            return (f"{dest}: {ref} ({sha[:12]}) has commits that are not in patches/; run "
+                    "`make export` to keep them, or --force to discard them")
+    return ""
+
+
+def recover_switch(dest: Path) -> None:
+    """Finish a switch that a killed run left half-done (its journal says where to)."""
+    journal = record.read_journal(dest)
+    if journal is None:
+        return
+    say(f"finishing the interrupted switch of {dest.name} to {journal['to'][:12]}")
+    # git was killed holding these; nothing else runs in dest while we hold the lock.
+    for lock in ("index.lock", "HEAD.lock", "refs/heads/main.lock"):
+        (dest / ".git" / lock).unlink(missing_ok=True)
+    switch(dest, journal["to"], journal["patches"])
+
+
+def switch(dest: Path, head: str, fingerprint: dict) -> None:
+    """Move dest's main, HEAD and work tree to head in one resumable step."""
+    with signals_deferred():
+        record.write_journal(dest, head, fingerprint)
+        try:
+            move_to(dest, head, fingerprint, fault_point)
+        except BaseException:
+            # The journal's promise: a started switch is finished, so dest is
+            # never left between the old tree and the new one.
+            move_to(dest, head, fingerprint, lambda step: None)
+            raise
+
+
+def move_to(dest: Path, head: str, fingerprint: dict, fault) -> None:
+    fault("journal")
+    git(dest, "update-ref", "refs/heads/main", head)
+    fault("update-ref")
+    git(dest, "symbolic-ref", "HEAD", "refs/heads/main")
+    git(dest, "reset", "-q", "--hard", head)
+    fault("reset")
+    record.write(dest, head, fingerprint)
+    fault("record")
+    record.clear_journal(dest)
+
+
+def install(new: Path, dest: Path, force: bool, patches: Path, tag: str,
+            fingerprint: dict) -> None:
+    """Put the freshly built repository in dest without losing a developer's work."""
+    head = git(new, "rev-parse", "HEAD").stdout.strip()
+    if not dest.exists():
+        record.write(new, head, fingerprint)
+        fault_point("rename")
+        new.rename(dest)  # one rename: dest is absent or complete
+        return
+    if not (dest / ".git").is_dir():
+        raise ForkError(f"{dest} exists but is not a git repository; move it away")
+    recover_switch(dest)
+    if force:
+        # An interrupted git am or rebase would make every later run refuse.
+        git(dest, "am", "--abort", check=False)
+        git(dest, "rebase", "--abort", check=False)
+        for state in ("rebase-apply", "rebase-merge"):
+            shutil.rmtree(dest / ".git" / state, ignore_errors=True)
+    else:
+        risk = work_at_risk(dest, patches, tag)
+        if risk:
+            raise ForkError(risk)
+    fault_point("fetch")
     git(dest, "fetch", "-q", "--no-tags", str(new), "+refs/heads/main:refs/fork/materialized")
     git(dest, "fetch", "-q", "--force", str(new), "+refs/tags/*:refs/tags/*")
-    git(dest, "checkout", "-q", "-B", "main", "refs/fork/materialized")
-    git(dest, "reset", "-q", "--hard", "refs/fork/materialized")
-    shutil.rmtree(new)
+    switch(dest, head, fingerprint)
 
 
 def materialize(sdist: Path, pin: dict, patches: Path = PATCHES, dest: Path = TREE,
                 force: bool = False) -> list[tuple[str, str]]:
     """Build dest from sdist + series; return [(commit, subject)] from base to HEAD."""
-    scratch = dest.parent / f".{dest.name}.new"
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    scratch.mkdir(parents=True)
-    try:
-        say(f"unpacking {sdist.name}")
-        unpack_sdist(sdist, scratch)
-        commit_base(scratch, pin)
-        apply_series(scratch, patches)
-        head = git(scratch, "rev-parse", "HEAD").stdout.strip()
-        install(scratch, dest, force, patches, pin["upstream"]["tag"])
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    (dest / ".git" / MARKER).write_text(head + "\n")
+    with tree_lock(dest):
+        names = checked_series(patches)
+        fingerprint = record.fingerprint(patches)
+        scratch = dest.parent / f".{dest.name}.new"
+        if scratch.exists():
+            shutil.rmtree(scratch)  # left by a killed run
+        scratch.mkdir(parents=True)
+        try:
+            fault_point("scratch")
+            say(f"unpacking {sdist.name}")
+            unpack_sdist(sdist, scratch)
+            fault_point("unpack")
+            commit_base(scratch, pin)
+            fault_point("base")
+            apply_series(scratch, patches, names)
+            install(scratch, dest, force, patches, pin["upstream"]["tag"], fingerprint)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        fault_point("done")
     # The base is the root commit, so the whole history is base + series.
     log = git(dest, "log", "--reverse", "--format=%H %s", "HEAD").stdout.splitlines()
     return [tuple(line.split(" ", 1)) for line in log if line]
@@ -177,7 +256,12 @@ def materialize(sdist: Path, pin: dict, patches: Path = PATCHES, dest: Path = TR
 def ensure_base_worktree(pin: dict, tree: Path = TREE, base: Path = BASE_TREE) -> None:
     """build/vllm-base: the untouched base as a worktree, for base-vs-patched runs."""
     tag = pin["upstream"]["tag"]
-    if not (base / ".git").exists():
+    if base.exists() and git(base, "rev-parse", "--git-dir", check=False).returncode != 0:
+        # Its repository (build/vllm) was removed and made anew: nothing in it
+        # is anyone's work (the kernels come back with `make env`).
+        say(f"{base.name} belonged to a {tree.name} that is gone; making it again")
+        shutil.rmtree(base)
+    if not base.exists():
         say(f"adding worktree {base.name} at {tag}")
         git(tree, "worktree", "prune")
         git(tree, "worktree", "add", "-q", "--detach", str(base), tag)
@@ -197,7 +281,8 @@ def materialize_command(force: bool = False, python: str | None = None) -> None:
     sdist = fetch_sdist(pin, python)
     commits = materialize(sdist, pin, force=force)
     if BASE_TREE.exists():
-        ensure_base_worktree(pin)
+        with tree_lock(TREE):
+            ensure_base_worktree(pin)
     say(f"{TREE.relative_to(BUILD.parent)} (base, then the series):")
     for sha, subject in commits:
         print(f"  {sha}  {subject}", flush=True)
