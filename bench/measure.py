@@ -1,8 +1,12 @@
 """One measured load, in this process, through vLLM's own loader.
 
-    python -m bench.measure MODEL_DIR LOAD_FORMAT MEMORY_LIMIT OUT.json
+    python -m bench.measure MODEL_DIR LOAD_FORMAT MEMORY_LIMIT [--clone-every-tensor] OUT.json
 
-Run once per tree and configuration (see bench/run.py). The model is built
+Run once per tree and configuration (see bench/run.py). --clone-every-tensor
+emulates the peer design that later upstream releases chose: the runai
+weights iterator yields a clone of every tensor, so any model is safe from
+a reused buffer, at the price of one more copy of every tensor. It wraps
+the iterator in this process only; vLLM's files are untouched. The model is built
 first; then a thread samples the process's anonymous memory (RssAnon in
 /proc/self/status) every few milliseconds while `load_weights` runs. What
 the loader adds over its start is the number that matters: the model's own
@@ -41,9 +45,48 @@ class Sampler(threading.Thread):
             time.sleep(SAMPLE_EVERY_S)
 
 
-def main() -> None:
-    model_dir, load_format, memory_limit, out = sys.argv[1:5]
+def measured_load(load, model) -> dict:
+    """Run load() while sampling this process's anonymous memory."""
     import torch
+
+    # Fresh parameters are not resident until first written: touch them all
+    # now, so that what grows during the load is what the loader holds.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+    sampler = Sampler()
+    start_anon = rss_anon_bytes()
+    sampler.start()
+    start = time.perf_counter()
+    load()
+    load_s = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    samples = sampler.samples + [(time.perf_counter() - sampler.t0, rss_anon_bytes())]
+    peak = max(a for _, a in samples)
+    return {"load_s": load_s, "start_anon": start_anon, "peak_anon_over_start": peak - start_anon,
+            "samples": [(round(t, 4), a - start_anon) for t, a in samples]}
+
+
+def clone_every_tensor() -> None:
+    """The peer design: every tensor the runai iterator yields is a clone."""
+    from vllm.model_executor.model_loader import runai_streamer_loader
+
+    iterator = runai_streamer_loader.runai_safetensors_weights_iterator
+
+    def cloning_iterator(*args, **kwargs):
+        for name, tensor in iterator(*args, **kwargs):
+            yield name, tensor.clone()
+
+    runai_streamer_loader.runai_safetensors_weights_iterator = cloning_iterator
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    peer = "--clone-every-tensor" in args
+    model_dir, load_format, memory_limit, out = [a for a in args if a != "--clone-every-tensor"]
+    if peer:
+        clone_every_tensor()
 
     from proof.loadcheck import build_model
 
@@ -54,27 +97,10 @@ def main() -> None:
     from vllm.model_executor.model_loader import get_model_loader
 
     loader = get_model_loader(config.load_config)
-    # Fresh parameters are not resident until first written: touch them all
-    # now, so that what grows during the load is what the loader holds.
-    with torch.no_grad():
-        for param in model.parameters():
-            param.zero_()
-    sampler = Sampler()
-    start_anon = rss_anon_bytes()
-    sampler.start()
-    start = time.perf_counter()
-    loader.load_weights(model, config.model_config)
-    load_s = time.perf_counter() - start
-    sampler.stop.set()
-    sampler.join()
-    samples = sampler.samples + [(time.perf_counter() - sampler.t0, rss_anon_bytes())]
-    peak = max(a for _, a in samples)
+    result = measured_load(lambda: loader.load_weights(model, config.model_config), model)
     with open(out, "w") as f:
-        json.dump({"load_s": load_s, "start_anon": start_anon,
-                   "peak_anon_over_start": peak - start_anon,
-                   "samples": [(round(t, 4), a - start_anon) for t, a in samples]}, f)
+        json.dump(result, f)
     os._exit(0)
-
 
 if __name__ == "__main__":
     main()

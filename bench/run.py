@@ -9,6 +9,13 @@ patched tree, and through `auto` (safetensors mmap) as the reference. The
 three configurations alternate, several repetitions. The floor is what any
 streaming load must hold: the streamer's buffer plus the largest tensor.
 
+Beside them, the peer design that later upstream releases chose (the runai
+iterator clones every tensor; emulated on the patched tree in the measuring
+process) with runai-model-streamer 0.17.0 and with 0.15.7 (buffer reused),
+and the real engine at tensor parallel 2 (mp executor, a process per
+worker): every worker's peak anonymous memory while it loads, base and
+patched, with a projection to Llama 4 Scout and Maverick at TP=8.
+
 Also: the cost of the Nemotron Nano VL fix (its multimodal copies, as bytes
 over the floor) and of the reload alias check (reload time with and
 without it). Writes DIR/results.json and DIR/memory.png, and regenerates
@@ -28,18 +35,50 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from proof import checkpoints, harness  # noqa: E402
-from tools.common import BUILD, ROOT, main_wrapper, say  # noqa: E402
+from tools.common import BUILD, ROOT, ForkError, main_wrapper, say  # noqa: E402
 
 DOCS_TABLE = ROOT / "docs" / "benchmarks.md"
 DOCS_CHART = ROOT / "docs" / "benchmarks-memory.png"
 MIB = 1024 * 1024
-CONFIGS = [("base", "runai_streamer"), ("patched", "runai_streamer"), ("patched", "auto")]
+# key: (tree, load format, streamer, peer). "peer" is the design later upstream
+# releases chose, emulated on the patched tree: the runai iterator yields a
+# clone of every tensor (bench/measure.py --clone-every-tensor).
+CONFIGS = {
+    "base/runai_streamer": ("base", "runai_streamer", "0.17.0", False),
+    "patched/runai_streamer": ("patched", "runai_streamer", "0.17.0", False),
+    "peer/runai_streamer": ("patched", "runai_streamer", "0.17.0", True),
+    "patched/runai_streamer-0.15.7": ("patched", "runai_streamer", "0.15.7", False),
+    "peer/runai_streamer-0.15.7": ("patched", "runai_streamer", "0.15.7", True),
+    "patched/auto": ("patched", "auto", "0.17.0", False),
+}
+# Which streamer a process imports is chosen by the harness's scenario name.
+STREAMER_SCENARIO = {"0.17.0": "runai-0.17.0-copy", "0.15.7": "runai-0.15.7-reuse"}
+# Projection inputs, from the models' published configs: bf16 checkpoint size
+# and the largest tensor (one layer's fused expert gate_up_proj:
+# experts x hidden 5120 x 2 x 8192 x 2 bytes).
+GIB = 1024 ** 3
+PROJECTED = {
+    "Llama-4-Scout-17B-16E (109B params)": (203 * GIB, 16 * 5120 * 16384 * 2),
+    "Llama-4-Maverick-17B-128E (400B params)": (400e9 * 2, 128 * 5120 * 16384 * 2),
+}
+PROJECTED_TP = 8
 
 
-def measure(tree: str, model: Path, load_format: str, memory_limit: int) -> dict:
-    return harness.run_module("bench.measure", [model, load_format, memory_limit],
-                              harness.tree_env(tree, "runai-0.17.0-copy"),
-                              f"measure {tree}/{load_format}", timeout=1200)
+def measure(tree: str, model: Path, load_format: str, memory_limit: int,
+            streamer: str = "0.17.0", peer: bool = False) -> dict:
+    args = [model, load_format, memory_limit] + (["--clone-every-tensor"] if peer else [])
+    return harness.run_module("bench.measure", args,
+                              harness.tree_env(tree, STREAMER_SCENARIO[streamer]),
+                              f"measure {tree}/{load_format}/{streamer}", timeout=1200)
+
+
+def engine_tp2(tree: str, model: Path, memory_limit: int) -> dict:
+    result = harness.run_module("bench.engine_tp", [model, memory_limit],
+                                harness.tree_env(tree, "runai-0.17.0-copy"),
+                                f"engine TP=2 load on {tree}", timeout=1200)
+    if not result["runai_file"].startswith(str(harness.RUNAI_NEW_DIR)):
+        raise ForkError(f"the engine imported the streamer from {result['runai_file']}")
+    return result
 
 
 def median(values: list[float]) -> float:
@@ -47,13 +86,14 @@ def median(values: list[float]) -> float:
 
 
 def llama4_memory(model: Path, memory_limit: int, reps: int) -> dict:
-    runs: dict[str, list[dict]] = {f"{t}/{f}": [] for t, f in CONFIGS}
+    runs: dict[str, list[dict]] = {key: [] for key in CONFIGS}
     for rep in range(reps):
-        for tree, load_format in CONFIGS:  # alternate, so drift hits all alike
+        for key, (tree, load_format, streamer, peer) in CONFIGS.items():
+            # Alternating, so that drift hits every configuration alike.
             start = time.monotonic()
-            result = measure(tree, model, load_format, memory_limit)
-            runs[f"{tree}/{load_format}"].append(result)
-            say(f"rep {rep + 1}/{reps} {tree}/{load_format}: peak anon +"
+            result = measure(tree, model, load_format, memory_limit, streamer, peer)
+            runs[key].append(result)
+            say(f"rep {rep + 1}/{reps} {key}: peak anon +"
                 f"{result['peak_anon_over_start'] / MIB:.0f} MiB, load {result['load_s']:.2f} s "
                 f"({time.monotonic() - start:.0f} s with model init)")
     return runs
@@ -75,6 +115,39 @@ def alias_check_ratio(model: Path, rounds: int, reloads: int) -> dict:
             "ratio": median(with_check) / median(without)}
 
 
+RATIOS = ("base_over_patched_peak_anon", "patched_peak_anon_over_floor",
+          "patched_over_base_load_time", "alias_check_reload_time_ratio",
+          "fork_over_peer_load_time", "fork_over_peer_peak_anon",
+          "base_over_patched_tp2_total_anon", "patched_tp2_worker_over_floor")
+
+
+def tp_summary(tp: dict, floor: int) -> dict:
+    summary = {}
+    for tree, result in tp.items():
+        peaks = [rank["peak_anon_over_start"] for rank in result["ranks"]]
+        summary[tree] = {"per_worker": peaks, "total": sum(peaks),
+                         "max_over_floor": max(peaks) / floor}
+    return summary
+
+
+def projection(tp2: dict, checkpoint_bytes: int) -> list[dict]:
+    """Host memory for the loads of big models at TP=8, scaled from what each
+    TP=2 worker measured: base holds a share of the checkpoint per worker (the
+    measured peak over the checkpoint size), the fork a multiple of its floor
+    (streamer buffer of twice the largest tensor, plus one tensor)."""
+    base_share = max(tp2["base"]["per_worker"]) / checkpoint_bytes
+    fork_over_floor = tp2["patched"]["max_over_floor"]
+    rows = []
+    for model, (size, largest) in PROJECTED.items():
+        floor = 3 * largest
+        base = PROJECTED_TP * base_share * size
+        fork = PROJECTED_TP * fork_over_floor * floor
+        rows.append({"model": model, "tp": PROJECTED_TP, "checkpoint_bytes": size,
+                     "largest_tensor_bytes": largest, "base_host_bytes": base,
+                     "fork_host_bytes": fork, "base_over_fork": base / fork})
+    return rows
+
+
 def chart(runs: dict, path: Path) -> None:
     import matplotlib
 
@@ -84,6 +157,7 @@ def chart(runs: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for key, label in [("base/runai_streamer", "base 0.21.0, runai 0.17.0"),
                        ("patched/runai_streamer", "patched, runai 0.17.0"),
+                       ("peer/runai_streamer", "peer (clone every tensor), runai 0.17.0"),
                        ("patched/auto", "auto (safetensors mmap)")]:
         samples = runs[key][0]["samples"]
         ax.plot([t for t, _ in samples], [a / MIB for _, a in samples], label=label)
@@ -106,14 +180,23 @@ def write_table(results: dict, path: Path) -> None:
     ]
     for key, label in [("base/runai_streamer", "base, runai 0.17.0"),
                        ("patched/runai_streamer", "patched, runai 0.17.0"),
+                       ("peer/runai_streamer", "peer (clone every tensor), runai 0.17.0"),
+                       ("patched/runai_streamer-0.15.7", "patched, runai 0.15.7 (buffer reused)"),
+                       ("peer/runai_streamer-0.15.7",
+                        "peer (clone every tensor), runai 0.15.7 (buffer reused)"),
                        ("patched/auto", "patched, auto (mmap)")]:
         s = r["summary"][key]
         rows.append((f"{label}: peak anon over start / load time",
                      f"{s['peak_anon_over_start'] / MIB:.1f} MiB / {s['load_s']:.2f} s"))
-    rows += [(k, f"{r[k]:.3f}") for k in ("base_over_patched_peak_anon",
-                                          "patched_peak_anon_over_floor",
-                                          "patched_over_base_load_time",
-                                          "alias_check_reload_time_ratio")]
+    for tree in ("base", "patched"):
+        t = r["tp2"]["summary"][tree]
+        rows.append((f"engine TP=2, {tree}, runai 0.17.0: peak anon per worker / total",
+                     " + ".join(f"{w / MIB:.1f}" for w in t["per_worker"])
+                     + f" = {t['total'] / MIB:.1f} MiB"))
+    rows += [(k, f"{r[k]:.3f}") for k in RATIOS]
+    f15 = r["fork_over_peer"]["0.15.7"]
+    rows.append(("fork over peer with runai 0.15.7 (buffer reused): load time / peak anon",
+                 f"{f15['load_time']:.3f} / {f15['peak_anon']:.3f}"))
     vl = r["nemotron_vl"]
     rows.append(("Nemotron Nano VL, patched: peak anon over floor (multimodal copies)",
                  f"{vl['patched_bytes_over_floor'] / MIB:.1f} MiB "
@@ -123,6 +206,17 @@ def write_table(results: dict, path: Path) -> None:
              "from `build/bench/results.json`. Do not edit by hand.", "",
              "| measure | value |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in rows]
+    lines += ["", f"## Projection: host memory for the load at tensor parallel {PROJECTED_TP}",
+              "", "Computed from the TP=2 measurement above, not measured: base holds its "
+              "measured share of the checkpoint in every worker; the fork holds its measured "
+              "multiple of the floor (a streamer buffer of twice the largest tensor, plus one "
+              "tensor). Parameters themselves are not counted.", "",
+              "| model | checkpoint | largest tensor | base | fork | base / fork |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {p['model']} | {p['checkpoint_bytes'] / GIB:.0f} GiB | "
+              f"{p['largest_tensor_bytes'] / GIB:.2f} GiB | {p['base_host_bytes'] / GIB:.0f} GiB | "
+              f"{p['fork_host_bytes'] / GIB:.0f} GiB | {p['base_over_fork']:.1f} |"
+              for p in r["projection"]]
     lines += ["", f"![memory over time]({DOCS_CHART.name})", ""]
     path.parent.mkdir(exist_ok=True)
     path.write_text("\n".join(lines))
@@ -156,6 +250,12 @@ def main() -> int:
     say("nemotron_vl patched: peak anon +"
         f"{vl['peak_anon_over_start'] / MIB:.0f} MiB over start, floor {vl_floor / MIB:.0f} MiB")
 
+    say("engine at tensor parallel 2, runai 0.17.0 copying: base, then patched")
+    tp2 = {tree: engine_tp2(tree, model, memory_limit) for tree in ("base", "patched")}
+    tp2_summary = tp_summary(tp2, floor)
+    say(f"TP=2 total peak anon: base {tp2_summary['base']['total'] / MIB:.0f} MiB, patched "
+        f"{tp2_summary['patched']['total'] / MIB:.0f} MiB")
+
     alias = alias_check_ratio(checkpoints.ensure("nemotron_h"), rounds=3 if args.size == "full"
                               else 1, reloads=20 if args.size == "full" else 3)
     say(f"reload with/without the alias check: {alias['ratio']:.3f}")
@@ -170,19 +270,36 @@ def main() -> int:
         "patched_over_base_load_time": patched["load_s"] / base["load_s"],
         "alias_check_reload_time_ratio": alias["ratio"],
         "alias_check": alias,
+        "fork_over_peer": {
+            version: {"load_time": summary[f"patched/runai_streamer{suffix}"]["load_s"]
+                      / summary[f"peer/runai_streamer{suffix}"]["load_s"],
+                      "peak_anon": summary[f"patched/runai_streamer{suffix}"]
+                      ["peak_anon_over_start"]
+                      / summary[f"peer/runai_streamer{suffix}"]["peak_anon_over_start"]}
+            for version, suffix in (("0.17.0", ""), ("0.15.7", "-0.15.7"))},
+        "tp2": {"runs": tp2, "summary": tp2_summary},
+        "base_over_patched_tp2_total_anon":
+            tp2_summary["base"]["total"] / tp2_summary["patched"]["total"],
+        "patched_tp2_worker_over_floor": tp2_summary["patched"]["max_over_floor"],
+        "projection": projection(tp2_summary, harness.checkpoint_bytes(model)),
         "nemotron_vl": {"run": vl, "floor_bytes": vl_floor,
                         "multimodal_bytes": multimodal_bytes(vl_model),
                         "patched_bytes_over_floor": vl["peak_anon_over_start"] - vl_floor},
         "wall_s": round(time.monotonic() - start, 1),
     }
+    # The ratios the issue names, for the 0.17.0 (copying) streamer.
+    results["fork_over_peer_load_time"] = results["fork_over_peer"]["0.17.0"]["load_time"]
+    results["fork_over_peer_peak_anon"] = results["fork_over_peer"]["0.17.0"]["peak_anon"]
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     chart(runs, args.out / "memory.png")
     if not args.no_docs:
         write_table(results, DOCS_TABLE)
         shutil.copyfile(args.out / "memory.png", DOCS_CHART)
-    for key in ("base_over_patched_peak_anon", "patched_peak_anon_over_floor",
-                "patched_over_base_load_time", "alias_check_reload_time_ratio"):
+    for key in RATIOS:
         print(f"{key}: {results[key]:.3f}")
+    print(f"fork_over_peer with runai 0.15.7 (buffer reused): load time "
+          f"{results['fork_over_peer']['0.15.7']['load_time']:.3f}, peak anon "
+          f"{results['fork_over_peer']['0.15.7']['peak_anon']:.3f}")
     say(f"wrote {args.out}/results.json and memory.png in {results['wall_s']:.0f} s")
     return 0
 

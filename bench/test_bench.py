@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from bench import run
 from tools.common import ROOT
 
 pytestmark = pytest.mark.integration
@@ -18,10 +19,13 @@ def test_bench_runs_on_tiny_size(tmp_path):
                     str(tmp_path), "--no-docs"], cwd=ROOT, check=True)
 
     results = json.loads((tmp_path / "results.json").read_text())
-    for key in ("base_over_patched_peak_anon", "patched_peak_anon_over_floor",
-                "patched_over_base_load_time", "alias_check_reload_time_ratio"):
+    for key in run.RATIOS:
         assert results[key] > 0, key
-    assert set(results["runs"]) == {"base/runai_streamer", "patched/runai_streamer",
-                                    "patched/auto"}
-    assert all(run["samples"] for runs in results["runs"].values() for run in runs)
+    assert set(results["runs"]) == set(run.CONFIGS)
+    assert all(r["samples"] for runs in results["runs"].values() for r in runs)
+    for tree in ("base", "patched"):
+        ranks = results["tp2"]["runs"][tree]["ranks"]
+        assert [r["rank"] for r in ranks] == [0, 1]
+        assert all(r["peak_anon_over_start"] > 0 for r in ranks)
+    assert [p["model"] for p in results["projection"]] == list(run.PROJECTED)
     assert (tmp_path / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
