@@ -3,7 +3,7 @@
 #   make test   every test: tooling, series lint, upstream tests, integration
 PY := .venv/bin/python
 
-.PHONY: demo test bench audit tree export check check-all env lock
+.PHONY: demo test bench audit tree export check check-all env lock roll
 
 demo: env
 	$(PY) -m proof.demo
@@ -53,3 +53,9 @@ env:
 # Re-resolve env/requirements.lock (only when requirements.in or the pin changes).
 lock:
 	python3 -m tools.lock
+
+# Roll the series onto another upstream release: make roll TO=0.22.0 [WRITE=1].
+# Works under build/roll/$(TO)/; only WRITE=1 changes the repository.
+roll: env
+	@test -n "$(TO)" || { echo "usage: make roll TO=<version> [WRITE=1]"; exit 2; }
+	python3 -m tools.roll $(TO) $(if $(WRITE),--write)
