@@ -56,6 +56,7 @@ lock:
 
 # Roll the series onto another upstream release: make roll TO=0.22.0 [WRITE=1].
 # Works under build/roll/$(TO)/; only WRITE=1 changes the repository.
-roll: env
+roll:
 	@test -n "$(TO)" || { echo "usage: make roll TO=<version> [WRITE=1]"; exit 2; }
+	$(MAKE) --no-print-directory env
 	python3 -m tools.roll $(TO) $(if $(WRITE),--write)
