@@ -3,7 +3,7 @@
 #   make test   every test: tooling, series lint, upstream tests, integration
 PY := .venv/bin/python
 
-.PHONY: demo test bench audit tree export check check-all env lock roll
+.PHONY: demo test bench audit tree export check check-all env lock roll gpu-env gpu-wheelhouse
 
 demo: env
 	$(PY) -m proof.demo
@@ -60,3 +60,17 @@ roll:
 	@test -n "$(TO)" || { echo "usage: make roll TO=<version> [WRITE=1]"; exit 2; }
 	$(MAKE) --no-print-directory env
 	python3 -m tools.roll $(TO) $(if $(WRITE),--write)
+
+# GPU nodes: build/vllm with the pinned official CUDA kernels, no compile.
+#   make gpu-env [PYTHON=python3.12 | EXISTING_TORCH=/path/to/python] [WHEELHOUSE=dir]
+gpu-env:
+	python3 -m tools.gpu_env $(if $(PYTHON),--python $(PYTHON)) \
+	  $(if $(EXISTING_TORCH),--existing-torch $(EXISTING_TORCH)) \
+	  $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE))
+
+# On a connected machine, for an offline GPU node with the given Python:
+#   make gpu-wheelhouse DEST=dir [PYTHON=python3.12]
+gpu-wheelhouse:
+	@test -n "$(DEST)" || { echo "usage: make gpu-wheelhouse DEST=<new dir> [PYTHON=python3.12]"; exit 2; }
+	$(MAKE) --no-print-directory tree
+	python3 -m tools.gpu_env wheelhouse $(DEST) $(if $(PYTHON),--python $(PYTHON))

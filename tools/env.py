@@ -31,9 +31,9 @@ RUNAI_NEW_DIR = VENV / "runai-0.17.0"
 PY = VENV / "bin" / "python"
 
 
-def run(cmd: list[str], env: dict | None = None) -> str:
+def run(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> str:
     """Run a short step quietly; on failure, show the end of its output."""
-    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, text=True,
+    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, cwd=cwd, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = "\n".join(proc.stdout.strip().splitlines()[-25:])
@@ -41,9 +41,11 @@ def run(cmd: list[str], env: dict | None = None) -> str:
     return proc.stdout
 
 
-def run_showing_progress(cmd: list[str]) -> None:
+def run_showing_progress(cmd: list[str], env: dict | None = None,
+                         cwd: Path | None = None) -> None:
     """Run a long pip step, passing on its per-package lines as they come."""
-    proc = subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     tail: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:

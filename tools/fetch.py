@@ -1,6 +1,6 @@
 """Download the pinned upstream files through pip and check their hashes.
 
-    python3 -m tools.fetch [sdist|wheel|all] [--python PY]
+    python3 -m tools.fetch [sdist|wheel|cuda-wheel|all] [--python PY]
 
 pip finds the files (no host is named here) and checks the hash itself
 (--require-hashes); we check again before using a file and on every cache
@@ -112,9 +112,37 @@ def fetch_wheel(pin: dict, python: str | None = None, cache: Path = CACHE,
     )
 
 
+def fetch_cuda_wheel(pin: dict, python: str | None = None, cache: Path = CACHE,
+                     index_args: list[str] | None = None) -> Path:
+    """The official CUDA build of the release, whose kernels the GPU install
+    takes (tools/gpu_env.py). Its tags are abi3 and manylinux: asking for its
+    platform lets pip on any Python 3 and any host pick exactly this file."""
+    k = cuda_pin(pin)
+    return pip_download(
+        f"{k['name']}=={k['version']}", k["wheel_sha256"],
+        f"{k['name']}-{k['version']}-*.whl",
+        ["--only-binary", ":all:", "--platform", k["platform"], "--implementation", "cp"],
+        python or default_python(), cache, index_args,
+    )
+
+
+def cuda_pin(pin: dict) -> dict:
+    """pin.toml's [cuda_kernels], checked: only the GPU install needs it."""
+    k = pin.get("cuda_kernels") or {}
+    for key in ("name", "version", "wheel_sha256", "platform"):
+        if not k.get(key):
+            raise ForkError(f"pin.toml: [cuda_kernels] {key} is missing or empty; the GPU "
+                            "install needs the official CUDA wheel pinned by sha256")
+    if not SHA256.match(str(k["wheel_sha256"])):
+        raise ForkError("pin.toml: [cuda_kernels] wheel_sha256 must be 64 lowercase hex digits "
+                        f"(sha256sum's form), not {k['wheel_sha256']!r}")
+    return k
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["sdist", "wheel", "all"])
+    parser.add_argument("what", nargs="?", default="all",
+                        choices=["sdist", "wheel", "cuda-wheel", "all"])
     parser.add_argument("--python",
                         help="interpreter whose pip downloads (needs torch for the sdist)")
     args = parser.parse_args()
@@ -123,6 +151,8 @@ def main() -> int:
         print(fetch_wheel(pin, args.python))
     if args.what in ("sdist", "all"):
         print(fetch_sdist(pin, args.python))
+    if args.what == "cuda-wheel":
+        print(fetch_cuda_wheel(pin, args.python))
     return 0
 
 

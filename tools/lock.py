@@ -24,7 +24,7 @@ REQUIREMENTS_IN = ROOT / "env" / "requirements.in"
 LOCK = ROOT / "env" / "requirements.lock"
 
 
-def wheel_requirements(wheel: Path) -> list[str]:
+def wheel_requirements(wheel: Path, keep_torch: bool = False) -> list[str]:
     with zipfile.ZipFile(wheel) as zf:
         meta_name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         meta = zf.read(meta_name).decode()
@@ -37,7 +37,7 @@ def wheel_requirements(wheel: Path) -> list[str]:
             continue
         # torch comes from requirements.in: the wheel asks for a +cpu local
         # version that the registry does not have.
-        if re.match(r"^torch(==|\s|;|$)", req):
+        if not keep_torch and re.match(r"^torch(==|\s|;|$)", req):
             continue
         reqs.append(req)
     return reqs

