@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,9 @@ PLUGIN = ROOT / "env" / "cpu_moe_workaround"
 RUNAI_NEW = "runai-model-streamer==0.17.0"
 RUNAI_NEW_DIR = VENV / "runai-0.17.0"
 PY = VENV / "bin" / "python"
+# What `make gpu-env` put into build/vllm (tools/gpu_env.py): CUDA kernels,
+# their Python files and a rewritten vllm/_version.py.
+CUDA_FILES = TREE / ".git" / "fork-cuda-files.json"
 
 
 def run(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> str:
@@ -118,6 +122,24 @@ def unpack_kernels(wheel: Path, files: list[str], trees: list[Path]) -> None:
                         dst.write(block)
 
 
+def drop_cuda_files() -> None:
+    """CPU runs must not find the CUDA build's files in the tree: remove what
+    `make gpu-env` recorded (`make gpu-env` puts them back)."""
+    from tools.tree import SDIST_SHIPPED_IGNORED
+
+    if not CUDA_FILES.exists():
+        return
+    names = json.loads(CUDA_FILES.read_text())
+    say(f"removing the {len(names)} files `make gpu-env` put into {TREE.relative_to(ROOT)} "
+        f"and {BASE_TREE.relative_to(ROOT)}")
+    for name in names:
+        (TREE / name).unlink(missing_ok=True)
+        if name not in SDIST_SHIPPED_IGNORED:  # the base keeps the released ones
+            (BASE_TREE / name).unlink(missing_ok=True)
+    (VENV / ".stamp-editable").unlink(missing_ok=True)
+    CUDA_FILES.unlink()
+
+
 def ensure_editable(pin: dict) -> None:
     # An editable install points at the directory, not at a commit: it
     # stays valid when the tree is re-materialized in place.
@@ -172,13 +194,14 @@ def main() -> int:
     ensure_packages()
     if args.what == "packages":
         return 0
-    from tools.fetch import fetch_wheel
+    from tools.fetch import fetch_sdist, fetch_wheel
     from tools.tree import ensure_base_worktree, materialize_command
 
     # Always re-materialize (seconds): the tree must match patches/ before
     # anything runs on it. It refuses if build/vllm holds unexported work.
     materialize_command(python=str(PY))
-    ensure_base_worktree(pin)
+    ensure_base_worktree(pin, sdist=fetch_sdist(pin, str(PY)))
+    drop_cuda_files()
     wheel = fetch_wheel(pin, str(PY))
     unpack_kernels(wheel, pin["cpu_kernels"]["files"], [TREE, BASE_TREE])
     ensure_editable(pin)

@@ -31,13 +31,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
-from tools.common import BUILD, ROOT, TREE, ForkError, git, load_pin, main_wrapper, say, tree_lock
-from tools.env import LOCK, run, run_showing_progress
+from tools.common import (
+    BASE_TREE,
+    BUILD,
+    ROOT,
+    TREE,
+    ForkError,
+    git,
+    load_pin,
+    main_wrapper,
+    say,
+    tree_lock,
+)
+from tools.env import CUDA_FILES, LOCK, VENV, run, run_showing_progress
 from tools.fetch import cuda_pin, fetch_cuda_wheel, fetch_sdist, sha256_of, verify
 
 CUDA_VENV = ROOT / ".venv-cuda"
@@ -121,6 +133,32 @@ def torch_pins_stripped(tree: Path, python: str):
         yield
     finally:
         git(tree, "checkout", "--", *TORCH_PINNED_FILES)
+
+
+def ignored_files(tree: Path) -> dict[str, tuple[int, int]]:
+    """Files under vllm/ that git ignores (kernels, _version.py), with their
+    size and modification time."""
+    out = git(tree, "status", "--porcelain", "--ignored", "--untracked-files=all",
+              "--", "vllm").stdout
+    files = {}
+    for line in out.splitlines():
+        name = line[3:]
+        if line.startswith("!! ") and "__pycache__" not in name and (tree / name).is_file():
+            st = (tree / name).stat()
+            files[name] = (st.st_size, st.st_mtime_ns)
+    return files
+
+
+def record_cuda_files(tree: Path, before: dict[str, tuple[int, int]]) -> list[str]:
+    """Name what the install put into the tree, so that `make env` can take
+    it out again; and make `make env` reinstall the CPU tree, whose
+    vllm/_version.py the install rewrote."""
+    after = ignored_files(tree)
+    added = sorted(name for name, stat in after.items() if before.get(name) != stat)
+    known = json.loads(CUDA_FILES.read_text()) if CUDA_FILES.exists() else []
+    CUDA_FILES.write_text(json.dumps(sorted(set(known) | set(added)), indent=1) + "\n")
+    (VENV / ".stamp-editable").unlink(missing_ok=True)
+    return added
 
 
 def precompiled_env(wheel: Path) -> dict:
@@ -260,14 +298,16 @@ print(f"smoke: CUDA platform on {torch.cuda.get_device_name(0)}, "
 """
 
 
-def smoke(python: str) -> bool:
+def smoke(python: str, tree: Path = TREE) -> bool:
     """True once the tree runs on the CUDA platform; False where no GPU is
-    visible (the install itself is done)."""
-    proc = subprocess.run([python, "-c", SMOKE], text=True, cwd=ROOT,
+    visible (the install itself is done). The base worktree is checked the
+    way the proofs import it: first on PYTHONPATH."""
+    env = {**os.environ, "PYTHONPATH": str(tree)} if tree != TREE else None
+    proc = subprocess.run([python, "-c", SMOKE], text=True, cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines = proc.stdout.strip().splitlines()
-    if lines and lines[0].startswith("vllm ") and str(TREE / "vllm") not in lines[0]:
-        raise ForkError(f"{python} imports another vllm than {TREE}: {lines[0]}")
+    if lines and lines[0].startswith("vllm ") and str(tree / "vllm") not in lines[0]:
+        raise ForkError(f"{python} imports another vllm than {tree}: {lines[0]}")
     if proc.returncode == 0:
         print("\n".join(lines[-2:]), flush=True)
         return True
@@ -313,20 +353,35 @@ def install(python: str | None, existing_torch: str | None, wheelhouse: Path | N
         run_showing_progress(pip(target, *torch_pins))
 
     # The sdist's metadata imports torch: materialize with the target itself.
-    from tools.tree import materialize_command
+    from tools.tree import SDIST_SHIPPED_IGNORED, ensure_base_worktree, materialize_command
 
     materialize_command(python=target, index_args=index)
+    sdist = fetch_sdist(pin, target, index_args=index)
     with tree_lock(TREE), (torch_pins_stripped(TREE, target) if existing_torch
                            else contextlib.nullcontext()):
+        # The base-vs-patched proofs import the base worktree with the same
+        # installed metadata (a CUDA version): it gets the same kernels.
+        ensure_base_worktree(pin, sdist=sdist)
         if not wheelhouse:
             say("installing upstream's build requirements (requirements/build/cuda.txt)")
             run_showing_progress(pip(target, "-r", str(TREE / "requirements/build/cuda.txt")))
         say(f"installing {TREE.relative_to(ROOT)} editable with the kernels of {wheel.name} "
             "(VLLM_USE_PRECOMPILED=1, no compile)")
-        run_showing_progress(
-            [*pip(target, "--no-build-isolation", *(["--no-deps"] if wheelhouse else []),
-                  "-e", str(TREE), wheelhouse=wheelhouse)],
-            env=precompiled_env(wheel), cwd=TREE)
+        before = ignored_files(TREE)
+        try:
+            run_showing_progress(
+                [*pip(target, "--no-build-isolation", *(["--no-deps"] if wheelhouse else []),
+                      "-e", str(TREE), wheelhouse=wheelhouse)],
+                env=precompiled_env(wheel), cwd=TREE)
+        finally:
+            # Also after a failed install: whatever it extracted is named.
+            added = record_cuda_files(TREE, before)
+        for name in added:
+            if name not in SDIST_SHIPPED_IGNORED:
+                (BASE_TREE / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(TREE / name, BASE_TREE / name)
+        say(f"{len(added)} files of the CUDA build are in {TREE.relative_to(ROOT)} and "
+            f"{BASE_TREE.relative_to(ROOT)} (`make env` takes them out again)")
     if not wheelhouse:
         run_showing_progress(pip(target, streamer_requirement()))
     if about:
@@ -353,7 +408,8 @@ def main() -> int:
         parser.error("--python makes .venv-cuda; --existing-torch installs into PY: one of them")
     target = install(args.python, args.existing_torch,
                      args.wheelhouse.resolve() if args.wheelhouse else None)
-    smoke(target)
+    if smoke(target):
+        smoke(target, BASE_TREE)
     print(f"GPU environment: {target} (try: {target} -m vllm.entrypoints.cli.main --help)")
     return 0
 

@@ -210,3 +210,41 @@ def test_hf_packages_are_held_at_the_cpu_locks_versions(tmp_path, monkeypatch):
 
 def test_the_streamer_comes_at_the_cpu_locks_version():
     assert gpu_env.streamer_requirement() == "runai-model-streamer==0.15.7"
+
+
+def test_what_the_gpu_install_adds_to_the_tree_is_taken_out_by_make_env(tmp_path, monkeypatch):
+    from tools import env
+
+    repo = tmp_path / "tree"
+    (repo / "vllm").mkdir(parents=True)
+    (repo / ".gitignore").write_text("*.so\n/vllm/_version.py\n")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    (repo / "vllm" / "_C_AVX2.abi3.so").write_bytes(b"cpu kernels")
+    (repo / "vllm" / "_version.py").write_text("__version__ = '0.21.0'\n")
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".stamp-editable").write_text("cpu")
+    for module in (gpu_env, env):
+        monkeypatch.setattr(module, "CUDA_FILES", repo / ".git" / "fork-cuda-files.json")
+        monkeypatch.setattr(module, "VENV", venv)
+    base = tmp_path / "base" / "vllm"
+    base.mkdir(parents=True)
+    for name, data in (("_moe_C.abi3.so", b"cuda kernels"), ("_version.py", b"released")):
+        (base / name).write_bytes(data)
+    monkeypatch.setattr(env, "TREE", repo)
+    monkeypatch.setattr(env, "BASE_TREE", base.parent)
+    monkeypatch.setattr(env, "ROOT", tmp_path)
+
+    before = gpu_env.ignored_files(repo)
+    (repo / "vllm" / "_moe_C.abi3.so").write_bytes(b"cuda kernels")
+    (repo / "vllm" / "_version.py").write_text("__version__ = '0.21.1.dev3+precompiled'\n")
+    gpu_env.record_cuda_files(repo, before)
+    assert not (venv / ".stamp-editable").exists()  # make env reinstalls the CPU tree
+
+    env.drop_cuda_files()
+    assert sorted(p.name for p in (repo / "vllm").iterdir()) == ["_C_AVX2.abi3.so"]
+    assert sorted(p.name for p in base.iterdir()) == ["_version.py"]  # as released
+    assert not (repo / ".git" / "fork-cuda-files.json").exists()
+    env.drop_cuda_files()  # nothing recorded: nothing to do

@@ -253,8 +253,26 @@ def materialize(sdist: Path, pin: dict, patches: Path = PATCHES, dest: Path = TR
     return [tuple(line.split(" ", 1)) for line in log if line]
 
 
-def ensure_base_worktree(pin: dict, tree: Path = TREE, base: Path = BASE_TREE) -> None:
-    """build/vllm-base: the untouched base as a worktree, for base-vs-patched runs."""
+# Files upstream's .gitignore keeps out of git but the sdist ships.
+SDIST_SHIPPED_IGNORED = ("vllm/_version.py",)
+
+
+def sdist_member(sdist: Path, name: str) -> bytes | None:
+    """One file of the sdist, by its path inside the top-level directory."""
+    with tarfile.open(sdist) as tar:
+        for m in tar:
+            if m.isfile() and m.name.split("/", 1)[-1] == name:
+                extracted = tar.extractfile(m)
+                return extracted.read() if extracted else None
+    return None
+
+
+def ensure_base_worktree(pin: dict, tree: Path = TREE, base: Path = BASE_TREE,
+                         sdist: Path | None = None) -> None:
+    """build/vllm-base: the untouched base as a worktree, for base-vs-patched runs.
+    Given the sdist, its ignored-but-shipped files are taken from there: an
+    install into build/vllm rewrites them (the version), the base stays as
+    released."""
     tag = pin["upstream"]["tag"]
     if base.exists() and git(base, "rev-parse", "--git-dir", check=False).returncode != 0:
         # Its repository (build/vllm) was removed and made anew: nothing in it
@@ -267,9 +285,12 @@ def ensure_base_worktree(pin: dict, tree: Path = TREE, base: Path = BASE_TREE) -
         git(tree, "worktree", "add", "-q", "--detach", str(base), tag)
     else:
         git(base, "checkout", "-q", "--detach", tag)
-    # Files upstream's .gitignore keeps out of git but the sdist ships.
-    for name in ("vllm/_version.py",):
-        if (tree / name).exists() and not (base / name).exists():
+    for name in SDIST_SHIPPED_IGNORED:
+        released = sdist_member(sdist, name) if sdist else None
+        if released is not None:
+            if not (base / name).exists() or (base / name).read_bytes() != released:
+                (base / name).write_bytes(released)
+        elif (tree / name).exists() and not (base / name).exists():
             shutil.copy2(tree / name, base / name)
 
 
@@ -283,7 +304,7 @@ def materialize_command(force: bool = False, python: str | None = None,
     commits = materialize(sdist, pin, force=force)
     if BASE_TREE.exists():
         with tree_lock(TREE):
-            ensure_base_worktree(pin)
+            ensure_base_worktree(pin, sdist=sdist)
     say(f"{TREE.relative_to(BUILD.parent)} (base, then the series):")
     for sha, subject in commits:
         print(f"  {sha}  {subject}", flush=True)
