@@ -223,6 +223,10 @@ def make_nemotron_vl(dest: Path) -> None:
         "norm_mean": [0.48145466, 0.4578275, 0.40821073],
         "norm_std": [0.26862954, 0.26130258, 0.27577711],
         "img_context_token_id": 500, "vocab_size": NEMOTRON_H["vocab_size"],
+        # As the released checkpoints have it. vLLM's processor reads it when
+        # the engine profiles the vision tower with dummy video, which GPUs do
+        # (proof/processorcheck.py shows it on CPU).
+        "use_thumbnail": True,
     }
     (dest / "config.json").write_text(json.dumps(config, indent=1))
     # The model encodes its image tags with the tokenizer while it is built.

@@ -125,6 +125,12 @@ def reload_check(tree: str, model_dir: Path, reloads: int, alias_check: bool = T
     return run_module("proof.reloadcheck", args, tree_env(tree), f"reload check on {tree}")
 
 
+def processor_check(tree: str, model_dir: Path) -> dict:
+    """Result of proof.processorcheck: the engine's profiling inputs, built."""
+    return run_module("proof.processorcheck", [model_dir], tree_env(tree),
+                      f"processor check on {tree}")
+
+
 def generate(tree: str, model_dir: Path, loader: str, kernels: str = "detected") -> dict:
     """What the real engine loaded on every rank and generated (proof.generate),
     for one tree and loader."""
