@@ -11,9 +11,12 @@ from proof import checkpoints, harness
 pytestmark = pytest.mark.integration
 
 
+# Both trees: the demo runs each of them on these checkpoints. The series
+# changes no processor, so the two must agree.
+@pytest.mark.parametrize("tree", ["patched", "base"])
 @pytest.mark.parametrize("kind, modalities", [("nemotron_vl", {"video"}), ("llama4", set())])
-def test_the_processor_builds_the_engines_profiling_inputs(kind, modalities):
-    result = harness.processor_check("patched", checkpoints.ensure(kind))
+def test_the_processor_builds_the_engines_profiling_inputs(kind, modalities, tree):
+    result = harness.processor_check(tree, checkpoints.ensure(kind))
     built = result["modalities"]
     errors = {m: r["error"] for m, r in built.items() if "error" in r}
     assert errors == {}, [built[m]["traceback"] for m in errors]

@@ -106,6 +106,16 @@ def wheel_torch_pins(wheel: Path) -> list[str]:
             if re.split(r"[=<>!~ ;]", r, maxsplit=1)[0] in TORCH_PACKAGES]
 
 
+def pinned_torch(pins: list[str]) -> str:
+    """The exact torch version among the CUDA wheel's torch pins."""
+    for pin in pins:
+        name, _, version = pin.partition("==")
+        if name.strip() == "torch" and version:
+            return version.split(";")[0].strip()
+    raise ForkError(f"the CUDA wheel pins no exact torch (its pins: {pins}); "
+                    "its kernels' torch is unknown")
+
+
 def check_existing_torch(python: str, wanted: str) -> None:
     """The precompiled kernels are built against one torch: refuse another."""
     found = torch_version(python)
@@ -332,10 +342,8 @@ def install(python: str | None, existing_torch: str | None, wheelhouse: Path | N
     index = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse else None
     wheel = fetch_cuda_wheel(pin, target, index_args=index)
     torch_pins = wheel_torch_pins(wheel)
-    torch_wanted = torch_pins[0].split("==")[1] if torch_pins else ""
-
     if existing_torch:
-        check_existing_torch(target, torch_wanted)
+        check_existing_torch(target, pinned_torch(torch_pins))
     if wheelhouse:
         # Every package at the hash it was downloaded with; with an existing
         # torch, torch and its companions are left as they are.

@@ -135,6 +135,13 @@ def test_a_wheelhouse_for_another_python_is_refused(wheelhouse):
         gpu_env.verify_wheelhouse(dest, pin, sys.executable)
 
 
+def test_the_kernels_torch_is_read_from_the_pins_in_any_order():
+    pins = ["torchaudio==2.11.0", "torch==2.11.0", "torchvision==0.26.0"]
+    assert gpu_env.pinned_torch(pins) == "2.11.0"
+    with pytest.raises(ForkError, match="pins no exact torch"):
+        gpu_env.pinned_torch(["torchvision==0.26.0", "torch>=2.10"])
+
+
 def fake_python(tmp_path: Path, torch: str | None) -> str:
     """An 'interpreter' whose torch is the given version (or missing)."""
     script = tmp_path / "python"
