@@ -75,31 +75,30 @@ ENGINE_RUNS = [("patched", "auto"), ("patched", "auto"), ("patched", RUNAI_DIST)
 
 
 def engine_rows(progress: Progress) -> list[dict]:
-    """The real engine at tensor parallel 2, per kernel build this CPU runs:
+    """The real engine at tensor parallel 2, on the kernel build vLLM detects:
     each tree with runai distributed streaming against the same tree with
     `auto`, every other setting equal. Evidence: what every rank loaded
     (exact), then greedy tokens (only once two `auto` runs agree)."""
     model = checkpoints.ensure("llama4")
+    runs: dict[tuple, dict] = {}
+    for tree, loader in ENGINE_RUNS:
+        start = time.monotonic()
+        result = harness.generate(tree, model, loader)
+        result["engine_run_s"] = round(time.monotonic() - start, 1)
+        key = (tree, loader) if (tree, loader) not in runs else (tree, loader + " again")
+        runs[key] = result
+        progress.step(f"llama4 engine TP=2 {key[1]} on {tree}")
+    # Tokens are evidence only if the reference repeats itself.
+    first, again = runs[("patched", "auto")], runs[("patched", "auto again")]
+    reference_stable = first["tokens"] == again["tokens"]
     rows = []
-    for kernels in harness.kernel_choices():
-        runs: dict[tuple, dict] = {}
-        for tree, loader in ENGINE_RUNS:
-            start = time.monotonic()
-            result = harness.generate(tree, model, loader, kernels)
-            result["engine_run_s"] = round(time.monotonic() - start, 1)
-            key = (tree, loader) if (tree, loader) not in runs else (tree, loader + " again")
-            runs[key] = result
-            progress.step(f"llama4 engine TP=2 {key[1]} on {tree} ({kernels} kernels)")
-        # Tokens are evidence only if the reference repeats itself.
-        first, again = runs[("patched", "auto")], runs[("patched", "auto again")]
-        reference_stable = first["tokens"] == again["tokens"]
-        for (tree, loader), result in runs.items():
-            reference = runs[(tree, "auto")]
-            rows.append(engine_row(tree, loader, kernels, result, reference, reference_stable))
+    for (tree, loader), result in runs.items():
+        reference = runs[(tree, "auto")]
+        rows.append(engine_row(tree, loader, result, reference, reference_stable))
     return rows
 
 
-def engine_row(tree: str, loader: str, kernels: str, result: dict, reference: dict,
+def engine_row(tree: str, loader: str, result: dict, reference: dict,
                reference_stable: bool) -> dict:
     # The engine repacks weights on CPU after loading; the digests were taken
     # in every worker right before that (proof/rankdigest.py).
@@ -107,7 +106,7 @@ def engine_row(tree: str, loader: str, kernels: str, result: dict, reference: di
     name, _, repeat = loader.partition(" ")
     scenario = f"{name}-tp2" + (" (repeat)" if repeat else "")
     return {"model": "llama4 (engine)", "scenario": scenario, "tree": tree,
-            "kernels": kernels, "kernel_library": result["ranks"][0]["kernels"],
+            "kernel_library": result["ranks"][0]["kernels"],
             "differing_tensors": " / ".join(str(len(names)) for names in per_rank),
             "differing_per_rank": per_rank,
             "other_differences": harness.differences_besides_loader(result, reference),
@@ -201,7 +200,9 @@ def serve_and_ask(model: Path, loader: str, log: Path) -> dict:
         deadline = time.monotonic() + 300
         while True:
             if server.poll() is not None:
-                raise ForkError(f"vllm serve exited with {server.returncode}; see {log}")
+                cause = harness.root_cause(log.read_text(errors="replace")) or "none printed"
+                raise ForkError(f"vllm serve exited with {server.returncode} "
+                                f"(root cause: {cause}); see {log}")
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
                 break
@@ -272,8 +273,7 @@ def main() -> int:
         "tiny checkpoints, real streamer and engine")
     for kind in checkpoints.KINDS:
         checkpoints.ensure(kind)
-    total = (2 * (2 * len(LOAD_SCENARIOS)) + len(ENGINE_RUNS) * len(harness.kernel_choices())
-             + 2 + 2)
+    total = 2 * (2 * len(LOAD_SCENARIOS)) + len(ENGINE_RUNS) + 2 + 2
     progress = Progress(total)
     rows = load_rows(progress) + engine_rows(progress) + reload_rows(progress)
     served = serve_rows(progress)
@@ -290,7 +290,7 @@ def main() -> int:
     for r in rows:
         for rank, names in enumerate(r.get("differing_per_rank") or []):
             if names:
-                print(f"{r['scenario']} {r['tree']} ({r['kernels']} kernels) rank {rank}: "
+                print(f"{r['scenario']} {r['tree']} ({r['kernel_library']}) rank {rank}: "
                       f"{len(names)} corrupted: {', '.join(names)}")
     if not stable:
         print("two identical `auto` engine runs gave different tokens on this machine: "

@@ -30,6 +30,10 @@ TENSOR_PARALLEL = 2
 ENGINE_ARGS = dict(enforce_eager=True, max_model_len=256, max_num_seqs=4, dtype="bfloat16",
                    limit_mm_per_prompt={"image": 0}, tensor_parallel_size=TENSOR_PARALLEL,
                    distributed_executor_backend="mp",
+                   # A fixed KV cache: without it, vLLM 0.21's CPU worker refuses
+                   # to start unless 92 % of the NUMA node's memory is free, so
+                   # a run would depend on what else the machine is doing.
+                   kv_cache_memory_bytes=1 << 30,
                    worker_extension_cls="proof.rankdigest.LoadedParamDigests")
 ENGINE_ENV = {
     # gloo on CPU needs the streamer's opt-in; buffers of 0 bytes minimum let

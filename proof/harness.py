@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import tempfile
@@ -23,35 +24,14 @@ RUNAI_NEW_DIR = VENV / "runai-0.17.0"
 PYTHON = str(VENV / "bin" / "python")
 
 
-AVX2_KERNELS_DIR = ROOT / "proof" / "avx2_kernels"
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags")
-            for flag in line.split(":", 1)[1].split()}
-
-
-def kernel_choices() -> list[str]:
-    """The CPU kernel builds this machine can run the engine on: the one vLLM
-    detects, and on an AVX-512 CPU also the AVX2 build (see avx2_kernels/)."""
-    return ["detected", "avx2"] if "avx512f" in cpu_flags() else ["detected"]
-
-
-def tree_env(tree: str, scenario: str = "auto", kernels: str = "detected") -> dict:
+def tree_env(tree: str, scenario: str = "auto") -> dict:
     paths = [str(TREES[tree]), str(ROOT)]
     if "0.17.0" in scenario:
         paths.insert(0, str(RUNAI_NEW_DIR))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    if kernels == "avx2":
-        paths.insert(0, str(AVX2_KERNELS_DIR))
-        env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
-    elif kernels != "detected":
-        raise ForkError(f"unknown kernel choice {kernels}; known: detected, avx2")
+    # The KV cache size is an engine argument (proof/generate.py): a
+    # VLLM_CPU_KVCACHE_SPACE from the caller's shell would override it.
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env["PYTHONPATH"] = ":".join(paths)
     return env
 
@@ -85,9 +65,29 @@ def streamer_memory_limit(model_dir: Path) -> int:
     return limit
 
 
+# A worker's lines start with "(Worker_TP0 pid=...)", and vLLM's logger puts
+# "ERROR 12-01 15:31:02 [file.py:772]" before every line of a traceback it logs.
+WORKER_PREFIX = re.compile(r"^\([\w.-]+ pid=\d+\)\s*")
+ERROR_LOG_PREFIX = re.compile(r"^(ERROR|CRITICAL) [\d-]+ [\d:.]+ \[[^\]]*\]\s*")
+# The last line of a traceback: the exception and its message.
+EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt): ")
+# What the engine's front end raises about any worker's failure: never the cause.
+ECHOES = ("Engine core initialization failed", "WorkerProc initialization failed")
+
+
+def root_cause(output: str) -> str | None:
+    """The first exception a process or any of its workers printed, skipping the
+    engine's generic "initialization failed" that only echoes it."""
+    for line in output.splitlines():
+        bare = ERROR_LOG_PREFIX.sub("", WORKER_PREFIX.sub("", line.strip()))
+        if EXCEPTION_LINE.match(bare) and not any(e in bare for e in ECHOES):
+            return line.strip()
+    return None
+
+
 def run_module(module: str, args: list, env: dict, what: str, timeout: int = 900) -> dict:
     """Run `python -m module *args OUT.json` in its own process; its JSON result.
-    On failure, the end of its output says why."""
+    On failure, the root cause and the end of its output say why."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [PYTHON, "-m", module, *map(str, args), str(out)]
@@ -95,7 +95,9 @@ def run_module(module: str, args: list, env: dict, what: str, timeout: int = 900
                               stderr=subprocess.STDOUT, timeout=timeout)
         if proc.returncode != 0 or not out.exists():
             tail = "\n".join(proc.stdout.strip().splitlines()[-30:])
-            raise ForkError(f"{what} failed:\n{tail}")
+            cause = root_cause(proc.stdout) or "none printed"
+            raise ForkError(f"{what} failed (root cause: {cause}):\n{tail}\n"
+                            f"{what} failed; root cause: {cause}")
         return json.loads(out.read_text())
 
 
@@ -131,11 +133,11 @@ def processor_check(tree: str, model_dir: Path) -> dict:
                       f"processor check on {tree}")
 
 
-def generate(tree: str, model_dir: Path, loader: str, kernels: str = "detected") -> dict:
+def generate(tree: str, model_dir: Path, loader: str) -> dict:
     """What the real engine loaded on every rank and generated (proof.generate),
-    for one tree and loader."""
-    result = run_module("proof.generate", [model_dir, loader], tree_env(tree, kernels=kernels),
-                        f"engine run {tree}/{loader}/{kernels} kernels")
+    for one tree and loader, on the kernel build vLLM detects."""
+    result = run_module("proof.generate", [model_dir, loader], tree_env(tree),
+                        f"engine run {tree}/{loader}")
     if not result["vllm_file"].startswith(str(TREES[tree] / "vllm")):
         raise ForkError(f"{tree}: the engine imported vllm from {result['vllm_file']}")
     return result
