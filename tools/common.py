@@ -14,9 +14,8 @@ import re
 import signal
 import subprocess
 import sys
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PIN_FILE = ROOT / "pin.toml"

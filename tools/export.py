@@ -16,9 +16,6 @@ there, and a run killed half-way is finished by the next export.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import re
-import tempfile
 from pathlib import Path
 
 from tools import record
@@ -35,46 +32,14 @@ from tools.common import (
     signals_deferred,
     tree_lock,
 )
-
-# Deterministic output: the same commits give byte-identical patch files on
-# any machine and git configuration (common.git ignores the user's config).
-FORMAT_PATCH = ["format-patch", "-k", "--no-stat", "--no-signature", "--zero-commit",
-                "--full-index", "-M", "--no-numbered", "--encoding=UTF-8",
-                "--filename-max-length=100"]
-
-
-def render(tree: Path, base: str, head: str = "HEAD") -> dict[str, str]:
-    """{patch file name: contents} for base..head, in order."""
-    with tempfile.TemporaryDirectory() as tmp:
-        git(tree, *FORMAT_PATCH, "-o", tmp, f"{base}..{head}")
-        out = {}
-        for f in sorted(Path(tmp).glob("*.patch")):
-            # format-patch numbers its files; the order file holds the order, so
-            # a reorder or insert does not rename every later patch.
-            out[re.sub(r"^\d{4}-", "", f.name)] = f.read_text()
-        if len(out) != len(list(Path(tmp).glob("*.patch"))):
-            raise ForkError("two commits have subjects that give the same patch file name")
-        return out
-
-
-def series_text(wanted: dict[str, str]) -> str:
-    return "".join(f"{name}\n" for name in wanted)
-
-
-def changes_to(patches: Path, wanted: dict[str, str]) -> list[str]:
-    existing = {p.name: p.read_text(errors="replace") for p in patches.glob("*.patch")}
-    changes = [("added " if name not in existing else "changed ") + name
-               for name, text in wanted.items() if existing.get(name) != text]
-    changes += [f"removed {name}" for name in existing if name not in wanted]
-    series = patches / "series"
-    if not series.exists() or series.read_text(errors="replace") != series_text(wanted):
-        changes.append("changed series")
-    return changes
-
-
-def exported(tree: Path, patches: Path, base: str, head: str = "HEAD") -> bool:
-    """Whether patches/ holds exactly the commits base..head."""
-    return changes_to(patches, render(tree, base, head)) == []
+from tools.series import (
+    changes_to,
+    fingerprint_of_dir,
+    fingerprint_of_rendered,
+    render,
+    series_text,
+)
+from tools.switch import recover_switch
 
 
 def refusal(tree: Path, patches: Path, base: str) -> str:
@@ -86,7 +51,7 @@ def refusal(tree: Path, patches: Path, base: str) -> str:
                 "run `make tree` first, or `export --force` if you are sure the tree is newer")
     if built.get("pending", {}).get("head") == head:
         return ""  # an export of this very HEAD was cut off: finish it
-    if built["patches"] == record.fingerprint(patches):
+    if built["patches"] == fingerprint_of_dir(patches):
         return ""  # patches/ is as the tree was built from: the tree moved on
     if head == built["head"]:
         return (f"patches/ changed since {tree} was built (a pull, or a patch edited or added "
@@ -95,11 +60,6 @@ def refusal(tree: Path, patches: Path, base: str) -> str:
     return (f"patches/ changed since {tree} was built, and the tree has new commits too. "
             f"Save the tree's commits (git -C {tree} format-patch -k -o /tmp/my-work {base}), "
             f"run `make tree`, apply them again there with `git am -k`, then `make export`.")
-
-
-def fingerprint_of(wanted: dict[str, str]) -> dict:
-    return {"series": list(wanted), "files": {
-        name: hashlib.sha256(text.encode()).hexdigest() for name, text in sorted(wanted.items())}}
 
 
 def write_patches(tree: Path, patches: Path, wanted: dict[str, str], head: str) -> None:
@@ -123,7 +83,7 @@ def write_patches(tree: Path, patches: Path, wanted: dict[str, str], head: str) 
             fault_point("remove")
             atomic_write(patches / "series", series_text(wanted))
             fault_point("series")
-            record.write(tree, head, fingerprint_of(wanted))
+            record.write(tree, head, fingerprint_of_rendered(wanted))
             fault_point("record")
         except BaseException:
             for path in patches.glob("*.patch"):
@@ -141,8 +101,6 @@ def write_patches(tree: Path, patches: Path, wanted: dict[str, str], head: str) 
 def export(tree: Path = TREE, patches: Path = PATCHES, base: str | None = None,
            check: bool = False, force: bool = False) -> list[str]:
     """Sync patches/ with the tree; return what changed (or would change)."""
-    from tools.tree import recover_switch
-
     if not (tree / ".git").exists():
         raise ForkError(f"{tree} is not a materialized tree: run `make tree` first")
     base = base or load_pin()["upstream"]["tag"]
@@ -159,8 +117,8 @@ def export(tree: Path = TREE, patches: Path = PATCHES, base: str | None = None,
         if not changes:
             # Tree and patches/ agree (perhaps after an export that was cut
             # off once every file was written): record that.
-            if record.read(tree) != {"head": head, "patches": fingerprint_of(wanted)}:
-                record.write(tree, head, fingerprint_of(wanted))
+            if record.read(tree) != {"head": head, "patches": fingerprint_of_rendered(wanted)}:
+                record.write(tree, head, fingerprint_of_rendered(wanted))
             return changes
         problem = refusal(tree, patches, base)
         if problem and not force:

@@ -39,7 +39,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tools import export, fetch, lint, tree
+from tools import fetch, lint, series, tree
 from tools.common import (
     BASE_TREE,
     BUILD,
@@ -475,14 +475,14 @@ def propose(workdir: Path, repo: Path, new_pin: dict, verdicts: list[Verdict], e
     (out / "patches").mkdir(parents=True)
     (out / "env").mkdir()
     (out / "pin.toml").write_text(pin_text((root / "pin.toml").read_text(), new_pin))
-    rendered = export.render(repo, new_pin["upstream"]["tag"])
+    rendered = series.render(repo, new_pin["upstream"]["tag"])
     for name, text in rendered.items():
         (out / "patches" / name).write_text(text)
     for v in verdicts:
         if v.verdict == "carried":
             old = (patches / v.patch).read_text() if (patches / v.patch).exists() else None
             v.refreshed = "byte-identical" if rendered.get(v.patch) == old else "refreshed"
-    (out / "patches" / "series").write_text(export.series_text(rendered))
+    (out / "patches" / "series").write_text(series.series_text(rendered))
     for v in verdicts:
         if v.verdict == "upstreamed":
             (out / "patches" / "upstreamed").mkdir(exist_ok=True)

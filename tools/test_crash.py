@@ -13,20 +13,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tools import export, lint, record, tree
+from tools import export, lint, record, series, switch, tree
 from tools.common import ROOT, ForkError, git, load_pin, tree_lock
 from tools.test_tooling import FIX_A, FIX_B, commit, make_pin, make_sdist
 
 DRIVER = """
-import json, sys
+import json, signal, sys
 from pathlib import Path
+# The faults send SIGINT to this process, which must act on it like a user's
+# Ctrl-C even when the test run was started with SIGINT ignored (nohup, &).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from tools import export, tree
 from tools.common import main_wrapper
 
@@ -58,7 +60,7 @@ def state(workdir: Path) -> dict:
         "status": git(dest, "status", "--porcelain", "--untracked-files=all").stdout,
         "kernel": (dest / "pkg" / "kernel.so").read_text(),
         "built-from": record.read(dest),
-        "journal": record.read_journal(dest),
+        "journal": switch.read_journal(dest),
         "patches": {p.name: p.read_text() for p in sorted((workdir / "patches").iterdir())},
     }
 
@@ -77,16 +79,16 @@ def team(tmp_path):
     (tmp_path / "empty" / "series").write_text("")
     tree.materialize(sdist, pin, tmp_path / "empty", work)
     commit(work, **FIX_A)
-    only_a = export.render(work, "v1.0")
+    only_a = series.render(work, "v1.0")
     commit(work, **FIX_B)
-    both = export.render(work, "v1.0")
+    both = series.render(work, "v1.0")
 
-    def template(name: str, series: dict[str, str]) -> Path:
+    def template(name: str, files: dict[str, str]) -> Path:
         d = tmp_path / name
         (d / "patches").mkdir(parents=True)
-        for file, text in series.items():
+        for file, text in files.items():
             (d / "patches" / file).write_text(text)
-        (d / "patches" / "series").write_text(export.series_text(series))
+        (d / "patches" / "series").write_text(series.series_text(files))
         shutil.copy(sdist, d / sdist.name)
         (d / "pin.json").write_text(json.dumps(pin))
         tree.materialize(sdist, pin, d / "patches", d / "dest")
@@ -96,7 +98,7 @@ def team(tmp_path):
     pulled = template("pulled", only_a)
     for file, text in both.items():
         (pulled / "patches" / file).write_text(text)
-    (pulled / "patches" / "series").write_text(export.series_text(both))
+    (pulled / "patches" / "series").write_text(series.series_text(both))
     exported = template("exported", only_a)
     commit(exported / "dest", **FIX_B)
     return {"sdist": sdist, "pin": pin, "pulled": pulled, "exported": exported, "tmp": tmp_path}
@@ -303,4 +305,3 @@ def test_sigint_is_held_only_while_switching(team):
     before = state(d)
     proc = run_verb("tree", d, "unpack:sigint")
     assert proc.returncode == 130 and state(d) == before
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import export, roll, tree
+from tools import roll, series, tree
 from tools.common import ForkError, git
 from tools.test_tooling import commit, make_pin
 
@@ -82,10 +82,10 @@ def upstreams(tmp_path):
         git(work, "commit", "-q", "--amend", "--no-edit")
     patches = tmp_path / "patches"
     patches.mkdir()
-    rendered = export.render(work, "v1.0")
+    rendered = series.render(work, "v1.0")
     for name, text in rendered.items():
         (patches / name).write_text(text)
-    (patches / "series").write_text(export.series_text(rendered))
+    (patches / "series").write_text(series.series_text(rendered))
     listed = tmp_path / "upstream_tests.txt"
     listed.write_text("".join(f"{f[2]}\n" for f in FIXES))
     return {"repos": repos, "patches": patches, "listed": listed, "tmp": tmp_path}

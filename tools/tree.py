@@ -9,6 +9,7 @@ to it with Ctrl-C held off; a run killed half-way is finished by the next
 run. Untracked files (the CPU kernels, the editable install's files) stay.
 A lock keeps two runs apart, and build/vllm records which patches it was
 built from (tools/record.py), so that `export` knows which side is newer.
+The switch and its journal are tools/switch.py's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from tools import record
+from tools import record, series
 from tools.common import (
     BASE_TREE,
     BUILD,
@@ -32,9 +33,9 @@ from tools.common import (
     main_wrapper,
     read_series,
     say,
-    signals_deferred,
     tree_lock,
 )
+from tools.switch import recover_switch, switch
 
 # Files setuptools writes into every sdist; they are not upstream source.
 SDIST_ONLY = ("PKG-INFO", "setup.cfg")
@@ -142,8 +143,6 @@ def work_at_risk(dest: Path, patches: Path, tag: str) -> str:
     """What a switch of dest would throw away that is in neither patches/ nor
     a build record: uncommitted edits, an unfinished git am or rebase, or
     commits on HEAD or main (the branch the switch moves) not yet exported."""
-    from tools.export import exported
-
     status = git(dest, "status", "--porcelain", "--untracked-files=no").stdout.strip()
     if status:
         return (f"{dest} has uncommitted changes; commit and `make export` them, or run "
@@ -155,47 +154,10 @@ def work_at_risk(dest: Path, patches: Path, tag: str) -> str:
     built = (record.read(dest) or {}).get("head")
     for ref in ("HEAD", "refs/heads/main"):
         sha = git(dest, "rev-parse", "-q", "--verify", ref, check=False).stdout.strip()
-        if sha and sha != built and not exported(dest, patches, tag, sha):
+        if sha and sha != built and not series.exported(dest, patches, tag, sha):
             return (f"{dest}: {ref} ({sha[:12]}) has commits that are not in patches/; run "
                     "`make export` to keep them, or --force to discard them")
     return ""
-
-
-def recover_switch(dest: Path) -> None:
-    """Finish a switch that a killed run left half-done (its journal says where to)."""
-    journal = record.read_journal(dest)
-    if journal is None:
-        return
-    say(f"finishing the interrupted switch of {dest.name} to {journal['to'][:12]}")
-    # git was killed holding these; nothing else runs in dest while we hold the lock.
-    for lock in ("index.lock", "HEAD.lock", "refs/heads/main.lock"):
-        (dest / ".git" / lock).unlink(missing_ok=True)
-    switch(dest, journal["to"], journal["patches"])
-
-
-def switch(dest: Path, head: str, fingerprint: dict) -> None:
-    """Move dest's main, HEAD and work tree to head in one resumable step."""
-    with signals_deferred():
-        record.write_journal(dest, head, fingerprint)
-        try:
-            move_to(dest, head, fingerprint, fault_point)
-        except BaseException:
-            # The journal's promise: a started switch is finished, so dest is
-            # never left between the old tree and the new one.
-            move_to(dest, head, fingerprint, lambda step: None)
-            raise
-
-
-def move_to(dest: Path, head: str, fingerprint: dict, fault) -> None:
-    fault("journal")
-    git(dest, "update-ref", "refs/heads/main", head)
-    fault("update-ref")
-    git(dest, "symbolic-ref", "HEAD", "refs/heads/main")
-    git(dest, "reset", "-q", "--hard", head)
-    fault("reset")
-    record.write(dest, head, fingerprint)
-    fault("record")
-    record.clear_journal(dest)
 
 
 def install(new: Path, dest: Path, force: bool, patches: Path, tag: str,
@@ -231,7 +193,7 @@ def materialize(sdist: Path, pin: dict, patches: Path = PATCHES, dest: Path = TR
     """Build dest from sdist + series; return [(commit, subject)] from base to HEAD."""
     with tree_lock(dest):
         names = checked_series(patches)
-        fingerprint = record.fingerprint(patches)
+        fingerprint = series.fingerprint_of_dir(patches)
         scratch = dest.parent / f".{dest.name}.new"
         if scratch.exists():
             shutil.rmtree(scratch)  # left by a killed run
