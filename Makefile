@@ -12,7 +12,7 @@ test: env
 	$(PY) -m pytest -q tools
 	$(MAKE) --no-print-directory check
 	python3 -m tools.pytest_on patched -q --series-tests
-	$(PY) -m pytest -q proof bench audit
+	$(PY) -m pytest -q lab proof bench audit
 
 # Host memory and load time against the floor: build/bench/, docs/benchmarks.md.
 bench: env

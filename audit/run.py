@@ -29,8 +29,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from proof import checkpoints as proof_checkpoints
-from proof.harness import PYTHON, TREES, run_module, tree_env
+from lab import checkpoints as lab_checkpoints
+from lab.trees import PYTHON, TREES, run_module, tree_env
 from tools.common import BUILD, CACHE, ROOT, ForkError, main_wrapper, say
 
 OUT = BUILD / "audit"
@@ -60,7 +60,7 @@ def checkpoints(only: list[str] | None) -> dict:
                        "generating tiny checkpoints", timeout=3600)
     for arch, entry in index.items():
         if "proof" in entry:
-            index[arch] = {"dir": str(proof_checkpoints.ensure(entry["proof"]))}
+            index[arch] = {"dir": str(lab_checkpoints.ensure(entry["proof"]))}
     return index
 
 

@@ -5,7 +5,8 @@ keep flagging a model the series leaves alone, and pass plain Llama on both."""
 import pytest
 import torch
 
-from audit import streams
+from audit import judge
+from lab import streams
 
 
 class Toy(torch.nn.Module):
@@ -59,7 +60,7 @@ def run(load_weights):
         states.append(streams.state_of(model))
     liveness = streams.Liveness(source)
     load_weights(Toy(), liveness)
-    return streams.verdict(states[0], states[1], liveness)
+    return judge.verdict(states[0], states[1], liveness)
 
 
 def test_a_loader_that_copies_each_step_is_safe():

@@ -39,9 +39,10 @@ def short(error: BaseException) -> str:
 def audit(arch: str, model_dir: Path) -> dict:
     import torch
 
-    from audit import streams
+    from audit import judge
     from audit.tiny import IN_MEMORY_NAMES
-    from proof.loadcheck import build_model
+    from lab import streams
+    from lab.model import build_model
 
     def load(model_dir, weights):
         # Multimodal configs may need the tokenizer (image token ids).
@@ -78,7 +79,7 @@ def audit(arch: str, model_dir: Path) -> dict:
         poisoned = short(e)
     liveness = streams.Liveness(source)
     load(candidate, liveness)
-    verdict, evidence = streams.verdict(reference, poisoned, liveness)
+    verdict, evidence = judge.verdict(reference, poisoned, liveness)
     if candidate != model_dir:
         evidence["names"] = "transformers in-memory names"
     return {"architecture": arch, "verdict": verdict, "evidence": evidence}

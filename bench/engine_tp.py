@@ -6,7 +6,7 @@ every worker's host memory during the load.
 runai-model-streamer 0.17.0 in its default (copying) mode, not distributed:
 each worker streams the checkpoint itself and keeps its shard, which is where
 a `load_weights` that holds the whole iterator costs the whole checkpoint
-once per worker. Engine settings are those of the proofs (proof/generate.py).
+once per worker. Engine settings are those of the proofs (lab/engine.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 
 def main() -> None:
     model_dir, memory_limit, out = sys.argv[1:4]
-    from proof.generate import ENGINE_ARGS, ENGINE_ENV
+    from lab.engine import ENGINE_ARGS, ENGINE_ENV
 
     os.environ.update(ENGINE_ENV)
     from vllm import LLM

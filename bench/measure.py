@@ -24,12 +24,22 @@ import time
 SAMPLE_EVERY_S = 0.005
 
 
-def rss_anon_bytes() -> int:
+def status_bytes(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("RssAnon:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssAnon in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def rss_anon_bytes() -> int:
+    return status_bytes("RssAnon")
+
+
+def reset_peak_rss() -> None:
+    """Start the kernel's high-water mark of this process's RSS (VmHWM) anew."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 class Sampler(threading.Thread):
@@ -56,15 +66,21 @@ def measured_load(load, model) -> dict:
             param.zero_()
     sampler = Sampler()
     start_anon = rss_anon_bytes()
+    # The sampler draws the curve; the kernel's high-water mark is the peak
+    # however short it was (file pages included, so it bounds anon from above).
+    reset_peak_rss()
+    start_rss = status_bytes("VmRSS")
     sampler.start()
     start = time.perf_counter()
     load()
     load_s = time.perf_counter() - start
+    peak_rss = status_bytes("VmHWM")
     sampler.stop.set()
     sampler.join()
     samples = sampler.samples + [(time.perf_counter() - sampler.t0, rss_anon_bytes())]
     peak = max(a for _, a in samples)
     return {"load_s": load_s, "start_anon": start_anon, "peak_anon_over_start": peak - start_anon,
+            "peak_rss_over_start": peak_rss - start_rss,
             "samples": [(round(t, 4), a - start_anon) for t, a in samples]}
 
 
@@ -88,7 +104,7 @@ def main() -> None:
     if peer:
         clone_every_tensor()
 
-    from proof.loadcheck import build_model
+    from lab.model import build_model
 
     extra = {"memory_limit": int(memory_limit)} if load_format == "runai_streamer" else {}
     # bfloat16, as the checkpoint and real deployments are (vLLM's CPU default

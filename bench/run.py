@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from proof import checkpoints, harness  # noqa: E402
+from lab import checkpoints, trees  # noqa: E402
 from tools.common import BUILD, ROOT, ForkError, main_wrapper, say  # noqa: E402
 
 DOCS_TABLE = ROOT / "docs" / "benchmarks.md"
@@ -67,16 +67,16 @@ PROJECTED_TP = 8
 def measure(tree: str, model: Path, load_format: str, memory_limit: int,
             streamer: str = "0.17.0", peer: bool = False) -> dict:
     args = [model, load_format, memory_limit] + (["--clone-every-tensor"] if peer else [])
-    return harness.run_module("bench.measure", args,
-                              harness.tree_env(tree, STREAMER_SCENARIO[streamer]),
+    return trees.run_module("bench.measure", args,
+                              trees.tree_env(tree, STREAMER_SCENARIO[streamer]),
                               f"measure {tree}/{load_format}/{streamer}", timeout=1200)
 
 
 def engine_tp2(tree: str, model: Path, memory_limit: int) -> dict:
-    result = harness.run_module("bench.engine_tp", [model, memory_limit],
-                                harness.tree_env(tree, "runai-0.17.0-copy"),
+    result = trees.run_module("bench.engine_tp", [model, memory_limit],
+                                trees.tree_env(tree, "runai-0.17.0-copy"),
                                 f"engine TP=2 load on {tree}", timeout=1200)
-    if not result["runai_file"].startswith(str(harness.RUNAI_NEW_DIR)):
+    if not result["runai_file"].startswith(str(trees.RUNAI_NEW_DIR)):
         raise ForkError(f"the engine imported the streamer from {result['runai_file']}")
     return result
 
@@ -100,17 +100,24 @@ def llama4_memory(model: Path, memory_limit: int, reps: int) -> dict:
 
 
 def multimodal_bytes(model: Path) -> int:
-    return sum(size for name, size in harness.tensor_sizes(model).items()
+    return sum(size for name, size in trees.tensor_sizes(model).items()
                if name.startswith(("mlp1.", "vision_model.", "sound")))
+
+
+def reload_seconds(model: Path, reloads: int, flags: list[str]) -> list[float]:
+    """Seconds of each reload after the first (which pays one-off costs), on
+    the patched tree, by the reload proof's own program (proof/reloadcheck.py)."""
+    result = trees.run_module("proof.reloadcheck", [model, reloads, *flags],
+                              trees.tree_env("patched"), "reload timing on patched")
+    return result["reload_s"][1:]
 
 
 def alias_check_ratio(model: Path, rounds: int, reloads: int) -> dict:
     with_check, without = [], []
     for _ in range(rounds):
         # The first reload of each process pays one-off costs: left out.
-        with_check += harness.reload_check("patched", model, reloads)["reload_s"][1:]
-        without += harness.reload_check("patched", model, reloads,
-                                        alias_check=False)["reload_s"][1:]
+        with_check += reload_seconds(model, reloads, [])
+        without += reload_seconds(model, reloads, ["--no-alias-check"])
     return {"with_s": with_check, "without_s": without,
             "ratio": median(with_check) / median(without)}
 
@@ -234,7 +241,7 @@ def main() -> int:
     start = time.monotonic()
 
     model = checkpoints.ensure("llama4_bench" if args.size == "full" else "llama4")
-    largest = harness.largest_tensor_bytes(model)
+    largest = trees.largest_tensor_bytes(model)
     # A fixed buffer: twice the largest tensor, far below the checkpoint.
     memory_limit = 2 * largest
     floor = memory_limit + largest
@@ -244,8 +251,8 @@ def main() -> int:
     base, patched = summary["base/runai_streamer"], summary["patched/runai_streamer"]
 
     vl_model = checkpoints.ensure("nemotron_vl")
-    vl_limit = harness.streamer_memory_limit(vl_model)
-    vl_floor = vl_limit + harness.largest_tensor_bytes(vl_model)
+    vl_limit = trees.streamer_memory_limit(vl_model)
+    vl_floor = vl_limit + trees.largest_tensor_bytes(vl_model)
     vl = measure("patched", vl_model, "runai_streamer", vl_limit)
     say("nemotron_vl patched: peak anon +"
         f"{vl['peak_anon_over_start'] / MIB:.0f} MiB over start, floor {vl_floor / MIB:.0f} MiB")
@@ -262,7 +269,7 @@ def main() -> int:
 
     results = {
         "size": args.size, "reps": reps, "checkpoint": model.name,
-        "checkpoint_bytes": harness.checkpoint_bytes(model), "largest_tensor_bytes": largest,
+        "checkpoint_bytes": trees.checkpoint_bytes(model), "largest_tensor_bytes": largest,
         "memory_limit": memory_limit, "floor_bytes": floor, "runs": runs, "summary": summary,
         "base_over_patched_peak_anon":
             base["peak_anon_over_start"] / patched["peak_anon_over_start"],
@@ -281,7 +288,7 @@ def main() -> int:
         "base_over_patched_tp2_total_anon":
             tp2_summary["base"]["total"] / tp2_summary["patched"]["total"],
         "patched_tp2_worker_over_floor": tp2_summary["patched"]["max_over_floor"],
-        "projection": projection(tp2_summary, harness.checkpoint_bytes(model)),
+        "projection": projection(tp2_summary, trees.checkpoint_bytes(model)),
         "nemotron_vl": {"run": vl, "floor_bytes": vl_floor,
                         "multimodal_bytes": multimodal_bytes(vl_model),
                         "patched_bytes_over_floor": vl["peak_anon_over_start"] - vl_floor},

@@ -22,10 +22,12 @@ def test_bench_runs_on_tiny_size(tmp_path):
     for key in run.RATIOS:
         assert results[key] > 0, key
     assert set(results["runs"]) == set(run.CONFIGS)
-    assert all(r["samples"] for runs in results["runs"].values() for r in runs)
+    # Every load grew the process, by the kernel's own high-water mark: a
+    # measurement that does not depend on when the sampler thread ran.
+    assert all(r["peak_rss_over_start"] > 0 for runs in results["runs"].values() for r in runs)
     for tree in ("base", "patched"):
         ranks = results["tp2"]["runs"][tree]["ranks"]
         assert [r["rank"] for r in ranks] == [0, 1]
-        assert all(r["peak_anon_over_start"] > 0 for r in ranks)
+        assert all(r["peak_rss_over_start"] > 0 for r in ranks)
     assert [p["model"] for p in results["projection"]] == list(run.PROJECTED)
     assert (tmp_path / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

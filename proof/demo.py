@@ -21,15 +21,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from proof import checkpoints, generate, harness
-from tools.common import BUILD, TREE, VENV, ForkError, main_wrapper, say
+from lab import checkpoints, engine, expectations, trees
+from proof import harness
+from tools.common import BUILD, TREE, VENV, ForkError, main_wrapper, root_cause, say
 
 OUT = BUILD / "demo" / "results.json"
-LOAD_SCENARIOS = ["auto", "runai-0.15.7-reuse", "runai-0.17.0-copy", "runai-0.17.0-views"]
-RUNAI_DIST = "runai-0.15.7-dist"
+LOAD_SCENARIOS = expectations.LOAD_SCENARIOS
 TREES = ["base", "patched"]
-COLUMNS = ["model", "scenario", "tree", "kernel_library", "differing_tensors", "tokens_identical",
-           "peak_alive_tensors", "peak_rss_mb", "load_s"]
+COLUMNS = ["model", "scenario", "tree", "expected", "kernel_library", "differing_tensors",
+           "tokens_identical", "peak_alive_tensors", "streamed_tensors", "load_s"]
 
 
 class Progress:
@@ -65,13 +65,9 @@ def load_rows(progress: Progress) -> list[dict]:
                     "tokens_identical": None,
                     "peak_alive_tensors": result["peak_alive_tensors"],
                     "streamed_tensors": result["streamed_tensors"],
-                    "peak_rss_mb": result["peak_rss_mb"], "load_s": result["load_s"],
+                    "load_s": result["load_s"],
                 })
     return rows
-
-
-ENGINE_RUNS = [("patched", "auto"), ("patched", "auto"), ("patched", RUNAI_DIST),
-               ("base", "auto"), ("base", RUNAI_DIST)]
 
 
 def engine_rows(progress: Progress) -> list[dict]:
@@ -79,32 +75,17 @@ def engine_rows(progress: Progress) -> list[dict]:
     each tree with runai distributed streaming against the same tree with
     `auto`, every other setting equal. Evidence: what every rank loaded
     (exact), then greedy tokens (only once two `auto` runs agree)."""
-    model = checkpoints.ensure("llama4")
-    runs: dict[tuple, dict] = {}
-    for tree, loader in ENGINE_RUNS:
-        start = time.monotonic()
-        result = harness.generate(tree, model, loader)
-        result["engine_run_s"] = round(time.monotonic() - start, 1)
-        key = (tree, loader) if (tree, loader) not in runs else (tree, loader + " again")
-        runs[key] = result
-        progress.step(f"llama4 engine TP=2 {key[1]} on {tree}")
-    # Tokens are evidence only if the reference repeats itself.
-    first, again = runs[("patched", "auto")], runs[("patched", "auto again")]
-    reference_stable = first["tokens"] == again["tokens"]
-    rows = []
-    for (tree, loader), result in runs.items():
-        reference = runs[(tree, "auto")]
-        rows.append(engine_row(tree, loader, result, reference, reference_stable))
-    return rows
+    runs = harness.engine_runs(checkpoints.ensure("llama4"), progress.step)
+    stable = harness.tokens_are_evidence(runs)
+    return [engine_row(tree, scenario, result, runs[(tree, "auto-tp2")], stable)
+            for (tree, scenario), result in runs.items()]
 
 
-def engine_row(tree: str, loader: str, result: dict, reference: dict,
+def engine_row(tree: str, scenario: str, result: dict, reference: dict,
                reference_stable: bool) -> dict:
     # The engine repacks weights on CPU after loading; the digests were taken
     # in every worker right before that (proof/rankdigest.py).
     per_rank = harness.differing_per_rank(result, reference)
-    name, _, repeat = loader.partition(" ")
-    scenario = f"{name}-tp2" + (" (repeat)" if repeat else "")
     return {"model": "llama4 (engine)", "scenario": scenario, "tree": tree,
             "kernel_library": result["ranks"][0]["kernels"],
             "differing_tensors": " / ".join(str(len(names)) for names in per_rank),
@@ -113,7 +94,7 @@ def engine_row(tree: str, loader: str, result: dict, reference: dict,
             "tokens_identical": (result["tokens"] == reference["tokens"]
                                  if reference_stable else None),
             "reference_stable": reference_stable,
-            "peak_alive_tensors": None, "peak_rss_mb": None, "load_s": None,
+            "peak_alive_tensors": None, "load_s": None,
             "engine_run_s": result["engine_run_s"], "tokens": result["tokens"],
             "text": result["text"]}
 
@@ -128,7 +109,7 @@ def reload_rows(progress: Progress) -> list[dict]:
         rows.append({
             "model": "nemotron_h", "scenario": "layerwise-reload-x10", "tree": tree,
             "differing_tensors": max(len(h["differing"]) for h in history),
-            "tokens_identical": None, "peak_alive_tensors": None, "peak_rss_mb": None,
+            "tokens_identical": None, "peak_alive_tensors": None,
             "load_s": round(sum(result["reload_s"]) / len(result["reload_s"]), 3),
             "nan_after_reload": any(h["nan"] for h in history),
             "alias_kept": all(h["alias_kept"] for h in history),
@@ -169,9 +150,9 @@ def post(port: int, path: str, body: dict) -> dict:
 
 def serve_flags(loader: str) -> list[str]:
     """`vllm serve` flags for the engine settings every run shares
-    (proof.generate), then the loader's own."""
+    (lab/engine.py), then the loader's own."""
     flags = []
-    for key, value in {**generate.ENGINE_ARGS, **generate.LOADERS[loader]}.items():
+    for key, value in {**engine.ENGINE_ARGS, **engine.LOADERS[loader]}.items():
         flag = "--" + key.replace("_", "-")
         if value is True:
             flags.append(flag)
@@ -181,7 +162,7 @@ def serve_flags(loader: str) -> list[str]:
 
 
 def without_loader(flags: list[str]) -> list[str]:
-    loader_flags = {"--" + key.replace("_", "-") for key in generate.LOADER_KEYS}
+    loader_flags = {"--" + key.replace("_", "-") for key in engine.LOADER_KEYS}
     return [f for i, f in enumerate(flags)
             if f not in loader_flags and (i == 0 or flags[i - 1] not in loader_flags)]
 
@@ -192,7 +173,7 @@ def serve_and_ask(model: Path, loader: str, log: Path) -> dict:
     flags = serve_flags(loader)
     cmd = [str(VENV / "bin" / "vllm"), "serve", str(model), "--host", "127.0.0.1",
            "--port", str(port), *flags]
-    env = {**harness.tree_env("patched"), **generate.ENGINE_ENV}
+    env = {**trees.tree_env("patched"), **engine.ENGINE_ENV}
     with log.open("w") as out:
         server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True)
@@ -200,7 +181,7 @@ def serve_and_ask(model: Path, loader: str, log: Path) -> dict:
         deadline = time.monotonic() + 300
         while True:
             if server.poll() is not None:
-                cause = harness.root_cause(log.read_text(errors="replace")) or "none printed"
+                cause = root_cause(log.read_text(errors="replace")) or "none printed"
                 raise ForkError(f"vllm serve exited with {server.returncode} "
                                 f"(root cause: {cause}); see {log}")
             try:
@@ -235,7 +216,7 @@ def serve_rows(progress: Progress) -> dict:
     logs = OUT.parent
     auto = serve_and_ask(model, "auto", logs / "serve-auto.log")
     progress.step(f"vllm serve --load-format auto TP=2 (pid {auto['pid']}, stopped)")
-    runai = serve_and_ask(model, RUNAI_DIST, logs / "serve-runai.log")
+    runai = serve_and_ask(model, harness.RUNAI_DIST, logs / "serve-runai.log")
     progress.step(f"vllm serve --load-format runai_streamer TP=2 (pid {runai['pid']}, stopped)")
     if without_loader(auto["flags"]) != without_loader(runai["flags"]):
         raise ForkError("the two servers differ in more than the loader")
@@ -244,9 +225,9 @@ def serve_rows(progress: Progress) -> dict:
 
 
 def verdict(rows: list[dict], served: dict) -> list[str]:
-    """Why the demo fails: a patched row unlike its reference, a streaming
-    base row that shows no bug, engine runs that differ in more than the
-    loader. Empty when the fork is proven."""
+    """Why the demo fails: a row unlike its expectation (lab/expectations.py),
+    engine runs that differ in more than the loader, or servers that answer
+    differently. Empty when the fork is proven."""
     problems = []
     for r in rows:
         what = f"{r['model']} {r['scenario']} {r['tree']}"
@@ -254,13 +235,10 @@ def verdict(rows: list[dict], served: dict) -> list[str]:
             problems.append(f"{what}: differs from its reference in {r['other_differences']}")
         # Corrupted parameters per rank (in-process loads have one rank).
         counts = ([len(names) for names in r["differing_per_rank"]]
-                  if "differing_per_rank" in r else [r["differing_tensors"] or 0])
-        if r["tree"] == "patched" and (any(counts) or r["tokens_identical"] is False):
-            problems.append(f"{what}: not identical to its reference")
-        # Copies load correct values on both trees (base holds them all instead).
-        corrupts_base = r["scenario"] not in ("auto", "auto-tp2", "runai-0.17.0-copy")
-        if r["tree"] == "base" and corrupts_base and not all(counts):
-            problems.append(f"{what}: the base shows no corrupted parameters")
+                  if "differing_per_rank" in r else [r["differing_tensors"]])
+        problems += [f"{what}: {p}" for p in expectations.problems(
+            r["model"], r["scenario"], r["tree"], counts, r["tokens_identical"],
+            r.get("peak_alive_tensors"), r.get("streamed_tensors"))]
     if served["identical"] is False:
         problems.append("vllm serve: runai_streamer answered unlike auto")
     return problems
@@ -273,7 +251,7 @@ def main() -> int:
         "tiny checkpoints, real streamer and engine")
     for kind in checkpoints.KINDS:
         checkpoints.ensure(kind)
-    total = 2 * (2 * len(LOAD_SCENARIOS)) + len(ENGINE_RUNS) + 2 + 2
+    total = 2 * (2 * len(LOAD_SCENARIOS)) + len(harness.ENGINE_RUNS) + 2 + 2
     progress = Progress(total)
     rows = load_rows(progress) + engine_rows(progress) + reload_rows(progress)
     served = serve_rows(progress)
@@ -281,6 +259,8 @@ def main() -> int:
     if not stable:
         # Tokens are then no evidence either way; the weight digests still are.
         served["identical"] = None
+    for r in rows:
+        r["expected"] = expectations.expected(r["model"], r["scenario"], r["tree"])
     problems = verdict(rows, served)
     OUT.write_text(json.dumps({"rows": rows, "serve": served, "problems": problems,
                                "wall_s": round(time.monotonic() - start, 1)}, indent=1))

@@ -1,104 +1,14 @@
-"""Run a loader scenario on the base or the patched tree, in its own process.
-
-Both trees share one environment: which vLLM is imported is decided by
-PYTHONPATH (build/vllm-base or build/vllm), and so is which
-runai-model-streamer (0.15.7 from the venv, or 0.17.0 from its side
-directory). The CPU MoE workaround plugin is installed in the venv and
-applies to both trees alike.
-"""
+"""Proof runs on the base or the patched tree, each in its own process
+(lab/trees.py), and how their results are compared."""
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import struct
-import subprocess
-import tempfile
+import time
 from pathlib import Path
 
-from tools.common import BASE_TREE, ROOT, TREE, VENV, ForkError
-
-TREES = {"base": BASE_TREE, "patched": TREE}
-RUNAI_NEW_DIR = VENV / "runai-0.17.0"
-PYTHON = str(VENV / "bin" / "python")
-
-
-def tree_env(tree: str, scenario: str = "auto") -> dict:
-    paths = [str(TREES[tree]), str(ROOT)]
-    if "0.17.0" in scenario:
-        paths.insert(0, str(RUNAI_NEW_DIR))
-    # The KV cache size is an engine argument (proof/generate.py): a
-    # VLLM_CPU_KVCACHE_SPACE from the caller's shell would override it.
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = ":".join(paths)
-    return env
-
-
-def tensor_sizes(model_dir: Path) -> dict[str, int]:
-    """Bytes of every tensor, from the safetensors headers, loading nothing."""
-    sizes = {}
-    for file in model_dir.glob("*.safetensors"):
-        with file.open("rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
-        sizes.update({name: meta["data_offsets"][1] - meta["data_offsets"][0]
-                      for name, meta in header.items() if name != "__metadata__"})
-    return sizes
-
-
-def largest_tensor_bytes(model_dir: Path) -> int:
-    return max(tensor_sizes(model_dir).values())
-
-
-def checkpoint_bytes(model_dir: Path) -> int:
-    return sum(tensor_sizes(model_dir).values())
-
-
-def streamer_memory_limit(model_dir: Path) -> int:
-    """Just room for the largest tensor: far below the checkpoint size, so the
-    streamer has to reuse its buffer."""
-    limit = largest_tensor_bytes(model_dir) + 64 * 1024
-    if limit * 2 > checkpoint_bytes(model_dir):
-        raise ForkError(f"{model_dir}: too small for the streamer to reuse its buffer")
-    return limit
-
-
-# A worker's lines start with "(Worker_TP0 pid=...)", and vLLM's logger puts
-# "ERROR 12-01 15:31:02 [file.py:772]" before every line of a traceback it logs.
-WORKER_PREFIX = re.compile(r"^\([\w.-]+ pid=\d+\)\s*")
-ERROR_LOG_PREFIX = re.compile(r"^(ERROR|CRITICAL) [\d-]+ [\d:.]+ \[[^\]]*\]\s*")
-# The last line of a traceback: the exception and its message.
-EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt): ")
-# What the engine's front end raises about any worker's failure: never the cause.
-ECHOES = ("Engine core initialization failed", "WorkerProc initialization failed")
-
-
-def root_cause(output: str) -> str | None:
-    """The first exception a process or any of its workers printed, skipping the
-    engine's generic "initialization failed" that only echoes it."""
-    for line in output.splitlines():
-        bare = ERROR_LOG_PREFIX.sub("", WORKER_PREFIX.sub("", line.strip()))
-        if EXCEPTION_LINE.match(bare) and not any(e in bare for e in ECHOES):
-            return line.strip()
-    return None
-
-
-def run_module(module: str, args: list, env: dict, what: str, timeout: int = 900) -> dict:
-    """Run `python -m module *args OUT.json` in its own process; its JSON result.
-    On failure, the root cause and the end of its output say why."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [PYTHON, "-m", module, *map(str, args), str(out)]
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=timeout)
-        if proc.returncode != 0 or not out.exists():
-            tail = "\n".join(proc.stdout.strip().splitlines()[-30:])
-            cause = root_cause(proc.stdout) or "none printed"
-            raise ForkError(f"{what} failed (root cause: {cause}):\n{tail}\n"
-                            f"{what} failed; root cause: {cause}")
-        return json.loads(out.read_text())
+from lab.engine import LOADER_KEYS
+from lab.trees import RUNAI_NEW_DIR, TREES, run_module, streamer_memory_limit, tree_env
+from tools.common import ForkError
 
 
 def load_check(tree: str, model_dir: Path, scenario: str) -> dict:
@@ -145,8 +55,6 @@ def generate(tree: str, model_dir: Path, loader: str) -> dict:
 
 def settings_besides_loader(result: dict) -> dict:
     """Everything an engine run was started with except its loader and tree."""
-    from proof.generate import LOADER_KEYS
-
     args = {k: v for k, v in result["engine_args"].items() if k not in LOADER_KEYS}
     return {"engine_args": args, "env": result["env"],
             "kernels": [rank["kernels"] for rank in result["ranks"]]}
@@ -174,3 +82,33 @@ def differing_per_rank(result: dict, reference: dict) -> list[list[str]]:
         raise ForkError("the two engine runs have different numbers of ranks")
     return [differing(ours, theirs) for ours, theirs in zip(result["ranks"], reference["ranks"],
                                                             strict=True)]
+
+
+# The engine runs every engine proof makes, in order: each tree with runai
+# distributed streaming and with `auto`, and `auto` on patched twice, so that
+# tokens count only when the reference repeats itself. Keyed as
+# lab/expectations.ENGINE_SCENARIOS names them.
+RUNAI_DIST = "runai-0.15.7-dist"
+ENGINE_RUNS = [("patched", "auto", "auto-tp2"), ("patched", "auto", "auto-tp2 (repeat)"),
+               ("patched", RUNAI_DIST, "runai-0.15.7-dist-tp2"),
+               ("base", "auto", "auto-tp2"), ("base", RUNAI_DIST, "runai-0.15.7-dist-tp2")]
+
+
+def engine_runs(model_dir: Path, progress=None) -> dict[tuple[str, str], dict]:
+    """{(tree, scenario): result} of ENGINE_RUNS, each with its wall time;
+    progress(what) after each run."""
+    runs = {}
+    for tree, loader, scenario in ENGINE_RUNS:
+        start = time.monotonic()
+        result = generate(tree, model_dir, loader)
+        result["engine_run_s"] = round(time.monotonic() - start, 1)
+        runs[(tree, scenario)] = result
+        if progress:
+            progress(f"llama4 engine TP=2 {scenario} on {tree}")
+    return runs
+
+
+def tokens_are_evidence(runs: dict[tuple[str, str], dict]) -> bool:
+    """Whether the reference repeats its tokens: otherwise tokens prove nothing."""
+    first, again = runs[("patched", "auto-tp2")], runs[("patched", "auto-tp2 (repeat)")]
+    return first["tokens"] == again["tokens"]

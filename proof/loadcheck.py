@@ -16,14 +16,14 @@ through a running engine.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import resource
 import sys
-import tempfile
 import time
-import weakref
+
+from lab.model import build_model, digest
+from lab.streams import Liveness
 
 # name: load format. Which runai-model-streamer is imported is decided by
 # the harness (sys.path); the memory limit comes from the command line.
@@ -50,67 +50,6 @@ def force_streamer_views() -> None:
         SafetensorsStreamer.stream_files, owned=False)
 
 
-class LivenessProbe:
-    """Wraps a weights iterator; counts yielded tensors that are still alive."""
-
-    def __init__(self, weights):
-        self.weights = weights
-        self.refs: list[weakref.ref] = []
-        self.peak_alive = 0
-
-    def __iter__(self):
-        for name, tensor in self.weights:
-            self.refs.append(weakref.ref(tensor))
-            alive = sum(ref() is not None for ref in self.refs)
-            self.peak_alive = max(self.peak_alive, alive)
-            yield name, tensor
-            del tensor
-
-
-def digest(tensor) -> str:
-    import torch
-
-    data = tensor.detach().to("cpu").contiguous()
-    if data.dtype == torch.bfloat16:
-        data = data.view(torch.int16)
-    return hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
-
-
-def build_model(model_dir: str, load_format: str = "auto", extra: dict | None = None,
-                dtype: str = "auto", max_model_len: int | None = 256, **engine_args):
-    """vLLM's model, built for one rank on CPU, not yet loaded. The vLLM
-    config stays current until the next build: loading needs it."""
-    import torch
-    from vllm.config import set_current_vllm_config
-    from vllm.distributed import (
-        destroy_model_parallel,
-        ensure_model_parallel_initialized,
-        init_distributed_environment,
-    )
-    from vllm.engine.arg_utils import EngineArgs
-    from vllm.model_executor.model_loader.utils import initialize_model
-
-    args = EngineArgs(model=model_dir, enforce_eager=True, dtype=dtype,
-                      max_model_len=max_model_len, trust_remote_code=True, load_format=load_format,
-                      model_loader_extra_config=extra or {}, **engine_args)
-    config = args.create_engine_config()
-    while _CONTEXT:
-        _CONTEXT.pop().__exit__(None, None, None)
-    _CONTEXT.append(set_current_vllm_config(config))
-    _CONTEXT[-1].__enter__()
-    if not torch.distributed.is_initialized():
-        init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
-                                     distributed_init_method=f"file://{tempfile.mktemp()}")
-    # The groups depend on the model (MoE models get an expert-parallel one).
-    destroy_model_parallel()
-    ensure_model_parallel_initialized(1, 1)
-    model = initialize_model(vllm_config=config)
-    return config, model
-
-
-_CONTEXT: list = []
-
-
 def run(model_dir: str, scenario: str, memory_limit: int) -> dict:
     import torch
     from vllm.model_executor.model_loader import get_model_loader
@@ -130,7 +69,7 @@ def run(model_dir: str, scenario: str, memory_limit: int) -> dict:
     original = model.load_weights
 
     def probed_load_weights(weights):
-        probe = LivenessProbe(weights)
+        probe = Liveness(lambda: weights, copy=False)
         probes.append(probe)
         return original(probe)
 
@@ -145,7 +84,7 @@ def run(model_dir: str, scenario: str, memory_limit: int) -> dict:
     return {
         "params": params,
         "unloaded": unloaded,
-        "streamed_tensors": sum(len(p.refs) for p in probes),
+        "streamed_tensors": sum(p.total for p in probes),
         "peak_alive_tensors": max((p.peak_alive for p in probes), default=0),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "load_s": round(load_s, 3),

@@ -21,7 +21,7 @@ def main() -> None:
     from vllm.engine.arg_utils import EngineArgs
     from vllm.multimodal import MULTIMODAL_REGISTRY
 
-    from proof.generate import ENGINE_ARGS
+    from lab.engine import ENGINE_ARGS
 
     args = EngineArgs(model=model_dir, trust_remote_code=True, dtype=ENGINE_ARGS["dtype"],
                       max_model_len=ENGINE_ARGS["max_model_len"], enforce_eager=True,

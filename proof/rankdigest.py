@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from vllm.model_executor.model_loader import base_loader
 
-from proof.loadcheck import digest
+from lab.model import digest
 
 _LOADED: dict[str, str] = {}
 _process_weights_after_loading = base_loader.process_weights_after_loading

@@ -29,7 +29,7 @@ def main() -> None:
         initialize_layerwise_reload,
     )
 
-    from proof.loadcheck import build_model
+    from lab.model import build_model
 
     # On CPU, processing an unquantized linear layer repacks its weight for
     # oneDNN and replaces the parameter with an empty tensor, so layerwise

@@ -6,7 +6,8 @@ does."""
 
 import pytest
 
-from proof import checkpoints, harness
+from lab import checkpoints
+from proof import harness
 
 pytestmark = pytest.mark.integration
 

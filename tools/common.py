@@ -7,6 +7,7 @@ holds what more than one of them needs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -14,7 +15,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,8 +55,11 @@ class InjectedFault(Exception):
 
 
 # Crash-consistency tests (tools/test_crash.py) name a step and what happens
-# there: VLLM_FORK_TEST_FAULT=STEP:raise|sigint|sigkill, or =trace to list steps.
+# there: VLLM_FORK_TEST_FAULT=STEP:raise|sigint|sigkill|pause, or =trace to
+# list steps. pause holds the run there until the file VLLM_FORK_TEST_RELEASE
+# exists, so that a test can start a second run while the first is inside.
 FAULT_ENV = "VLLM_FORK_TEST_FAULT"
+RELEASE_ENV = "VLLM_FORK_TEST_RELEASE"
 
 
 def fault_point(step: str) -> None:
@@ -68,6 +75,14 @@ def fault_point(step: str) -> None:
         os.kill(os.getpid(), signal.SIGINT)
     elif action == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "pause":
+        print(f"paused at {step}", file=sys.stderr, flush=True)
+        release = Path(os.environ[RELEASE_ENV])
+        for _ in range(1200):
+            if release.exists():
+                return
+            time.sleep(0.05)
+        raise InjectedFault(f"{step}: never released")
     else:
         raise InjectedFault(step)
 
@@ -114,6 +129,35 @@ def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def all_or_nothing(paths):
+    """Files the block writes or deletes: on any exception, every one of them
+    is put back as it was (absent if it was absent)."""
+    before = {path: path.read_bytes() for path in paths if path.exists()}
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            if path in before:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(before[path])
+            else:
+                path.unlink(missing_ok=True)
+        raise
+
+
+def write_files(changes: dict[Path, str | None], fault=lambda step: None) -> None:
+    """Write each file (None: delete it), each in one rename; fault(step) after
+    each, for the crash tests. Inside all_or_nothing, all or none of them."""
+    for number, (path, text) in enumerate(changes.items(), 1):
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, text)
+        fault(f"write-{number}")
 
 
 def read_json(path: Path) -> dict | None:
@@ -188,12 +232,138 @@ def say(msg: str) -> None:
     print(f"==> {msg}", flush=True)
 
 
+# -- running other programs ---------------------------------------------------
+
+# How much of a failed command's output an error shows.
+TAIL_LINES = 30
+
+# A worker's lines start with "(Worker_TP0 pid=...)", and vLLM's logger puts
+# "ERROR 12-01 15:31:02 [file.py:772]" before every line of a traceback it logs.
+WORKER_PREFIX = re.compile(r"^\([\w.-]+ pid=\d+\)\s*")
+ERROR_LOG_PREFIX = re.compile(r"^(ERROR|CRITICAL) [\d-]+ [\d:.]+ \[[^\]]*\]\s*")
+# The last line of a traceback: the exception and its message.
+EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt): ")
+# What vLLM's front end and engine core raise once a worker has died: never
+# the cause ("cancelled" is the engine core's queue, shut down under it).
+ECHOES = ("Engine core initialization failed", "WorkerProc initialization failed",
+          "RuntimeError: cancelled")
+
+
+def root_cause(output: str) -> str | None:
+    """The first exception a worker printed or, if none did, the process
+    itself; never the echoes of a worker's death in the engine core and the
+    front end, which may be printed first."""
+    found = []
+    for line in output.splitlines():
+        bare = ERROR_LOG_PREFIX.sub("", WORKER_PREFIX.sub("", line.strip()))
+        if EXCEPTION_LINE.match(bare) and not any(e in bare for e in ECHOES):
+            found.append(line.strip())
+    workers = [line for line in found if line.startswith("(Worker")]
+    return (workers or found or [None])[0]
+
+
+class CommandFailed(ForkError):
+    """A command exited non-zero (.returncode) or ran out of time (.returncode
+    None); .output is all it printed."""
+
+    def __init__(self, message: str, output: str, returncode: int | None):
+        super().__init__(message)
+        self.output, self.returncode = output, returncode
+
+
+def run(cmd: list, what: str, env: dict | None = None, cwd: Path | None = None,
+        timeout: float | None = None, progress: Callable[[str], None] | None = None) -> str:
+    """Run cmd to its end and return what it printed (stdout and stderr together).
+
+    progress, if given, sees every line as it comes (long steps show it).
+    A non-zero exit or a timeout raises CommandFailed naming `what`, the root
+    cause if one was printed, and the last TAIL_LINES lines. The command runs
+    in its own process group, so a timeout or Ctrl-C stops its children too."""
+    cmd = [str(part) for part in cmd]
+    try:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, text=True, errors="replace",
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    except OSError as e:
+        raise ForkError(f"{what}: cannot run {cmd[0]}: {e.strerror}") from e
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        _kill_group(proc)
+
+    timer = threading.Timer(timeout, stop) if timeout else None
+    lines: list[str] = []
+    try:
+        if timer:
+            timer.start()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if progress:
+                progress(line.rstrip("\n"))
+        proc.wait()
+    except BaseException:
+        _kill_group(proc)
+        raise
+    finally:
+        if timer:
+            timer.cancel()
+    output = "".join(lines)
+    if proc.returncode == 0 and not timed_out.is_set():
+        return output
+    tail = "\n".join(output.rstrip().splitlines()[-TAIL_LINES:])
+    if timed_out.is_set():
+        raise CommandFailed(f"{what} did not finish in {timeout:.0f} s and was stopped; "
+                            f"the end of its output:\n{tail}", output, None)
+    cause = root_cause(output)
+    first = f"{what} failed (exit {proc.returncode}" + (f"; root cause: {cause})" if cause else ")")
+    raise CommandFailed(f"{first}:\n{tail}" + (f"\n{what} failed; root cause: {cause}"
+                                                if cause else ""), output, proc.returncode)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+# -- entry points ---------------------------------------------------------------
+
+DEBUG_ENV = "VLLM_FORK_DEBUG"
+
+
+def describe(error: BaseException) -> str | None:
+    """One line for a failure a user can act on, or None for a bug."""
+    if isinstance(error, ForkError):
+        return str(error)
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return (f"the disk is full (writing {error.filename or 'a file'}); free some space "
+                "and run again")
+    if isinstance(error, OSError):
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror or error}{where}"
+    if isinstance(error, subprocess.TimeoutExpired):
+        return f"{' '.join(map(str, error.cmd))[:120]} did not finish in {error.timeout:.0f} s"
+    if isinstance(error, subprocess.CalledProcessError):
+        return f"{' '.join(map(str, error.cmd))[:120]} failed with exit {error.returncode}"
+    return None
+
+
 def main_wrapper(main) -> None:
-    """Run a verb's main, turning ForkError into a one-line message and exit 1."""
+    """Run a verb's main. A failure the user can act on (a ForkError, a full
+    disk, a command that failed or timed out) is one line and exit 1; so is
+    anything else, with a hint. VLLM_FORK_DEBUG=1 shows the traceback."""
     try:
         sys.exit(main() or 0)
-    except ForkError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as e:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        message = describe(e)
+        if message is None:
+            message = (f"unexpected {type(e).__name__}: {e} "
+                       f"(run again with {DEBUG_ENV}=1 for the traceback)")
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)

@@ -16,11 +16,11 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+from tools import common
 from tools.common import BASE_TREE, ROOT, TREE, VENV, ForkError, load_pin, main_wrapper, say
 
 LOCK = ROOT / "env" / "requirements.lock"
@@ -36,28 +36,24 @@ CUDA_FILES = TREE / ".git" / "fork-cuda-files.json"
 
 
 def run(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> str:
-    """Run a short step quietly; on failure, show the end of its output."""
-    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, cwd=cwd, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.strip().splitlines()[-25:])
-        raise ForkError(f"{' '.join(cmd[:6])} ... failed:\n{tail}")
-    return proc.stdout
+    """Run a short step quietly; on failure, the end of its output says why."""
+    return common.run(cmd, " ".join(map(str, cmd[:6])) + " ...",
+                      env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+PIP_PROGRESS = ("Collecting", "Installing collected", "Successfully installed")
+
+
+def show_pip_progress(line: str) -> None:
+    if line.startswith(PIP_PROGRESS):
+        print(f"    {line[:150]}", flush=True)
 
 
 def run_showing_progress(cmd: list[str], env: dict | None = None,
                          cwd: Path | None = None) -> None:
     """Run a long pip step, passing on its per-package lines as they come."""
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        tail = (tail + [line.rstrip()])[-25:]
-        if line.startswith(("Collecting", "Installing collected", "Successfully installed")):
-            print(f"    {line.rstrip()[:150]}", flush=True)
-    if proc.wait() != 0:
-        raise ForkError(f"{' '.join(cmd[:6])} ... failed:\n" + "\n".join(tail))
+    common.run(cmd, " ".join(map(str, cmd[:6])) + " ...", env={**os.environ, **(env or {})},
+               cwd=cwd, progress=show_pip_progress)
 
 
 def stamp_ok(name: str, key: str) -> bool:

@@ -23,7 +23,7 @@ from tools.common import (
     PATCHES,
     TREE,
     ForkError,
-    atomic_write,
+    all_or_nothing,
     fault_point,
     git,
     load_pin,
@@ -31,6 +31,7 @@ from tools.common import (
     say,
     signals_deferred,
     tree_lock,
+    write_files,
 )
 from tools.series import (
     changes_to,
@@ -64,38 +65,19 @@ def refusal(tree: Path, patches: Path, base: str) -> str:
 
 def write_patches(tree: Path, patches: Path, wanted: dict[str, str], head: str) -> None:
     """Rewrite patches/ to wanted: all of it, or (on an exception) none of it."""
-    before = {p: p.read_bytes() for p in [*patches.glob("*.patch"), patches / "series"]
-              if p.exists()}
-    record_file = tree / ".git" / record.BUILT_FROM
-    record_before = record_file.read_bytes() if record_file.exists() else None
+    changes: dict[Path, str | None] = {patches / name: text for name, text in wanted.items()}
+    changes.update({path: None for path in sorted(patches.glob("*.patch"))
+                    if path.name not in wanted})
+    changes[patches / "series"] = series_text(wanted)
     built = record.read(tree) or {}
-    with signals_deferred():
+    with signals_deferred(), all_or_nothing([*changes, tree / ".git" / record.BUILT_FROM]):
+        # A kill from here on is finished by the next export (refusal()).
         record.write(tree, built.get("head", ""), built.get("patches", {}),
                      pending={"head": head})
-        try:
-            fault_point("pending")
-            for number, (name, text) in enumerate(wanted.items(), 1):
-                atomic_write(patches / name, text)
-                fault_point(f"write-{number}")
-            for path in patches.glob("*.patch"):
-                if path.name not in wanted:
-                    path.unlink()
-            fault_point("remove")
-            atomic_write(patches / "series", series_text(wanted))
-            fault_point("series")
-            record.write(tree, head, fingerprint_of_rendered(wanted))
-            fault_point("record")
-        except BaseException:
-            for path in patches.glob("*.patch"):
-                if path not in before:
-                    path.unlink()
-            for path, data in before.items():
-                path.write_bytes(data)
-            if record_before is None:
-                record_file.unlink(missing_ok=True)
-            else:
-                record_file.write_bytes(record_before)
-            raise
+        fault_point("pending")
+        write_files(changes, fault_point)
+        record.write(tree, head, fingerprint_of_rendered(wanted))
+        fault_point("record")
 
 
 def export(tree: Path = TREE, patches: Path = PATCHES, base: str | None = None,

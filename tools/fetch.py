@@ -12,12 +12,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from tools.common import CACHE, SHA256, VENV, ForkError, load_pin, main_wrapper, say
+from tools.common import (
+    CACHE,
+    SHA256,
+    VENV,
+    CommandFailed,
+    ForkError,
+    load_pin,
+    main_wrapper,
+    run,
+    say,
+)
 
 
 def sha256_of(path: Path) -> str:
@@ -68,16 +77,16 @@ def pip_download(requirement: str, sha256: str, pattern: str, extra_args: list[s
         cmd = [python, "-m", "pip", "download", "--no-deps", "--require-hashes",
                "--progress-bar", "off", "-d", str(out), "-r", str(req_file),
                *extra_args, *(index_args or [])]
-        proc = subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
+        try:
+            run(cmd, f"pip download of {requirement}")
+        except CommandFailed as failed:
             hint = ""
-            if "DO NOT MATCH THE HASHES" in proc.stdout:
+            if "DO NOT MATCH THE HASHES" in failed.output:
                 hint = "\nThe registry's file does not match the hash in pin.toml."
-            elif "No module named 'torch'" in proc.stdout:
+            elif "No module named 'torch'" in failed.output:
                 hint = ("\nvLLM's sdist imports torch while pip reads its metadata: run "
                         "`make env` first, or pass --python with an interpreter that has torch.")
-            tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
-            raise ForkError(f"pip could not download {requirement}:\n{tail}{hint}")
+            raise ForkError(f"pip could not download {requirement}: {failed}{hint}") from None
         files = list(out.glob(pattern))
         if len(files) != 1:
             raise ForkError(f"pip downloaded {[f.name for f in out.iterdir()]}, expected {pattern}")

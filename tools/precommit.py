@@ -31,7 +31,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tools import lint
+from tools import common, lint
 from tools.common import BUILD, CACHE, ROOT, TREE, ForkError, git, load_pin, main_wrapper, say
 
 REQUIREMENTS = ROOT / "env" / "precommit.txt"
@@ -168,11 +168,9 @@ def tools_venv() -> Path:
         return venv
     say(f"installing pre-commit into {venv} (first run only)")
     shutil.rmtree(venv, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet",
-                           "--disable-pip-version-check", "-r", str(REQUIREMENTS)])
-    if proc.returncode != 0:
-        raise ForkError(f"could not install {REQUIREMENTS.name} into {venv}")
+    common.run([sys.executable, "-m", "venv", venv], f"creating {venv}")
+    common.run([venv / "bin" / "pip", "install", "--quiet", "--disable-pip-version-check",
+                "-r", REQUIREMENTS], f"installing {REQUIREMENTS.name} into {venv}")
     done.write_text("")
     return venv
 
@@ -211,8 +209,9 @@ class Runner:
 
     def derive(self, config_path: Path) -> dict:
         out = self.work / "derived.json"
-        subprocess.run([str(self.venv / "bin" / "python"), "-m", "tools.precommit",
-                        "--derive", str(self.checkout), str(out)], cwd=ROOT, check=True)
+        common.run([self.venv / "bin" / "python", "-m", "tools.precommit", "--derive",
+                    self.checkout, out], "deriving the offline pre-commit configuration",
+                   cwd=ROOT)
         derived = json.loads(out.read_text())
         # JSON is YAML, so pre-commit reads it as it is.
         config_path.write_text(json.dumps(derived["config"], indent=1))
@@ -220,10 +219,9 @@ class Runner:
 
     def install(self, config_path: Path) -> None:
         say("installing the hooks' tools from the registry (cached after the first run)")
-        proc = subprocess.run([str(self.venv / "bin" / "pre-commit"), "install-hooks",
-                               "-c", str(config_path)], cwd=self.checkout, env=self.env)
-        if proc.returncode != 0:
-            raise ForkError("pre-commit could not install the hooks' tools (see above)")
+        common.run([self.venv / "bin" / "pre-commit", "install-hooks", "-c", config_path],
+                   "pre-commit install-hooks (the hooks' tools)", cwd=self.checkout,
+                   env=self.env, progress=lambda line: print(f"    {line}", flush=True))
 
     def run(self, config_path: Path, hook: str, files: list[str] | None) -> dict:
         """files None means --all-files."""

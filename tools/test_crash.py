@@ -210,18 +210,25 @@ def test_a_second_run_while_one_holds_the_tree_is_refused_clearly(team):
             export.export(d / "dest", d / "patches", base="v1.0")
 
 
-def test_two_runs_at_once_never_corrupt_or_traceback(team):
+def test_a_run_started_while_another_is_inside_is_refused_and_corrupts_nothing(team):
     d = team["pulled"]
     after = expected_after(team, "pulled", "tree")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", DRIVER, "tree", str(d)], env=env,
-                              text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(2)]
-    outputs = [p.communicate(timeout=120) for p in procs]
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert "Traceback" not in err
-        assert p.returncode == 0 or "another `make tree`" in err, err
-    assert any(p.returncode == 0 for p in procs)
+    release = team["tmp"] / "release"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_FORK_TEST_FAULT": "unpack:pause",
+           "VLLM_FORK_TEST_RELEASE": str(release)}
+    first = subprocess.Popen([sys.executable, "-c", DRIVER, "tree", str(d)], env=env,
+                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # The first run holds the tree's lock, paused half-way: the two overlap.
+        assert first.stderr.readline().strip() == "paused at unpack"
+        second = run_verb("tree", d)
+        assert first.poll() is None, "the first run ended before the second started"
+    finally:
+        release.touch()
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0 and "Traceback" not in err, err
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert "another `make tree`" in second.stderr, second.stderr
     assert state(d) == after
 
 

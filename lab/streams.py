@@ -1,5 +1,6 @@
 """Three ways to hand the same checkpoint to a model's `load_weights`, and the
-verdict they give together.
+evidence they give (audit/judge.py turns it into a verdict). Liveness also
+watches a real loader's stream as it is (the proofs', copy=False).
 
 - private copies: every tensor is the consumer's own (the reference load);
 - one reused buffer: every tensor is a view into a single buffer that is
@@ -11,7 +12,7 @@ verdict they give together.
   collects the iterator keeps them all alive at once, which is the whole
   checkpoint in host memory per worker with a copying loader.
 
-Only torch here, so the unit tests run it on toy loaders.
+Only torch here, so the unit tests (audit/test_audit.py) run it on toy loaders.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ Weights = Iterable[tuple[str, torch.Tensor]]
 
 # 0xFF bytes: NaN in every floating format, -1 in every signed integer.
 SENTINEL_BYTE = 0xFF
-# Holding more than this fraction of the checkpoint at once is materializing it.
-MATERIALIZES_ABOVE = 0.5
 
 
 def private_copies(source: Callable[[], Weights]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -48,14 +47,15 @@ def reused_buffer(source: Callable[[], Weights]) -> Iterator[tuple[str, torch.Te
 
 
 class Liveness:
-    """Private copies; counts how many of them are alive after each step.
+    """Private copies (or, with copy=False, the source's own tensors); counts
+    how many of them are alive after each step of the consumer.
 
     A weak reference follows the tensor object, not its storage: a consumer
     that keeps only a view of a yielded tensor is missed here, and caught by
     the reused buffer instead."""
 
-    def __init__(self, source: Callable[[], Weights]):
-        self.source = source
+    def __init__(self, source: Callable[[], Weights], copy: bool = True):
+        self.source, self.copy = source, copy
         self.refs: list[tuple[weakref.ref, int]] = []
         self.peak_alive = self.peak_bytes = 0
 
@@ -66,10 +66,11 @@ class Liveness:
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in self.source():
-            copy = tensor.clone()
-            self.refs.append((weakref.ref(copy), copy.numel() * copy.element_size()))
-            yield name, copy
-            del copy
+            mine = tensor.clone() if self.copy else tensor
+            del tensor  # the only reference left is the consumer's
+            self.refs.append((weakref.ref(mine), mine.numel() * mine.element_size()))
+            yield name, mine
+            del mine
             self._count()  # the consumer has had its step: what did it keep?
         self._count()
 
@@ -94,22 +95,6 @@ def state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def differing(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> list[str]:
     return sorted(name for name, ref in reference.items()
                   if name not in state or not torch.equal(state[name], ref))
-
-
-def verdict(reference: dict, poisoned: dict | str, liveness: Liveness) -> tuple[str, dict]:
-    """(verdict, evidence). poisoned is the state after the reused-buffer load,
-    or the error that load raised while the reference load did not."""
-    evidence = {"tensors": liveness.total, "peak_alive": liveness.peak_alive,
-                "peak_alive_fraction": round(liveness.peak_alive / max(liveness.total, 1), 3),
-                "peak_alive_bytes": liveness.peak_bytes, "total_bytes": liveness.total_bytes}
-    if isinstance(poisoned, str):
-        return "stale", {**evidence, "error_with_reused_buffer": poisoned}
-    corrupted = differing(poisoned, reference)
-    if corrupted:
-        return "stale", {**evidence, "corrupted": corrupted}
-    if evidence["peak_alive_fraction"] > MATERIALIZES_ABOVE:
-        return "materializes", evidence
-    return "safe", evidence
 
 
 def zero_state(module: torch.nn.Module) -> None:

@@ -1,6 +1,6 @@
 """Tiny checkpoints, generated offline: real safetensors, real parameter names.
 
-    python -m proof.checkpoints KIND       (prints the checkpoint's directory)
+    python -m lab.checkpoints KIND       (prints the checkpoint's directory)
 
 Kinds: llama4 (Llama4ForConditionalGeneration: text + vision, MoE, chunked
 attention 128), nemotron_h (NemotronH with Mamba2 layers), nemotron_vl
@@ -24,14 +24,16 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tools.common import CACHE, TREE, VENV, ForkError  # noqa: E402
+from tools.common import CACHE, TREE, VENV, ForkError, read_json, run  # noqa: E402
 
+# Checkpoints of other versions of this file, unused this long, are deleted.
+STALE_AFTER_S = 7 * 24 * 3600
 KINDS = ("llama4", "nemotron_h", "nemotron_vl", "llama4_bench")
 SEED = 1234
 SHARDS = 3
@@ -236,7 +238,7 @@ def make_nemotron_vl(dest: Path) -> None:
     shapes = {f"language_model.{n}": s for n, s in lm_shapes.items()}
     # Vision tower and projector: vLLM's parameters, named as in the HF
     # checkpoint (RadioModel.load_weights maps model.blocks.N -> encoder.layers.N).
-    from proof.loadcheck import build_model
+    from lab.model import build_model
 
     _, model = build_model(str(dest), "dummy", {})
     for name, param in model.named_parameters():
@@ -269,24 +271,25 @@ def ensure(kind: str) -> Path:
     dest = path_for(kind)
     manifest = dest / "manifest.json"
     if manifest.exists():
-        if json.loads(manifest.read_text()) != _manifest(dest):
+        if read_json(manifest) != _manifest(dest):
             raise ForkError(f"{dest} does not match its manifest (corrupt or edited); "
                             "delete the directory to generate it again")
+        os.utime(manifest)  # in use: not stale (below)
         return dest
-    # Checkpoints made by an older version of this file are of no further use.
-    for stale in dest.parent.glob(f"{kind}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    # Checkpoints made by other versions of this file are of no use here, but
+    # another clone of the repository may be using them right now: only
+    # those unused for a week go.
+    for other in dest.parent.glob(f"{kind}-*"):
+        mark = other / "manifest.json" if (other / "manifest.json").exists() else other
+        if other.name != dest.name and time.time() - mark.stat().st_mtime > STALE_AFTER_S:
+            shutil.rmtree(other, ignore_errors=True)
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     print(f"==> generating the {kind} checkpoint", file=sys.stderr, flush=True)
     env = {**os.environ, "PYTHONPATH": f"{TREE}:{ROOT}", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([str(VENV / "bin" / "python"), "-m", "proof.checkpoints",
-                           "--generate", kind, str(partial)], env=env, cwd=ROOT,
-                          text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.strip().splitlines()[-20:])
-        raise ForkError(f"generating the {kind} checkpoint failed:\n{tail}")
+    run([VENV / "bin" / "python", "-m", "lab.checkpoints", "--generate", kind, partial],
+        f"generating the {kind} checkpoint", env=env, cwd=ROOT)
     (partial / "manifest.json").write_text(json.dumps(_manifest(partial), indent=1))
     partial.rename(dest)
     return dest

@@ -1,0 +1,86 @@
+"""What every proof run must show: model x scenario x tree -> expected outcome.
+
+`make demo` judges its rows with this table and the pytest proofs assert
+with it, so the two cannot disagree. Each run is compared with a reference
+that differs from it only in the loader (the same tree's `auto` run, or for
+the reload the weights before the first reload).
+
+Outcomes:
+- identical:    every parameter, on every rank, equals the reference's, and
+                greedy tokens too where they are evidence;
+- corrupted:    on every rank some parameter differs from the reference (the
+                bug shows);
+- materializes: values identical, but the load holds (nearly) every streamed
+                tensor alive at once: the whole checkpoint in host memory.
+"""
+
+from __future__ import annotations
+
+IDENTICAL, CORRUPTED, MATERIALIZES = "identical", "corrupted", "materializes"
+
+# In-process loads through vLLM's own loader (proof/loadcheck.py).
+LOAD_SCENARIOS = ["auto", "runai-0.15.7-reuse", "runai-0.17.0-copy", "runai-0.17.0-views"]
+# The engine at tensor parallel 2 (proof/generate.py): runai 0.15.7 in
+# distributed mode against `auto`; the reference is run twice, so that tokens
+# count only when it repeats itself.
+ENGINE_SCENARIOS = ["auto-tp2", "auto-tp2 (repeat)", "runai-0.15.7-dist-tp2"]
+
+EXPECTED: dict[tuple[str, str], dict[str, str]] = {
+    **{(model, "auto"): {"base": IDENTICAL, "patched": IDENTICAL}
+       for model in ("llama4", "nemotron_vl")},
+    # A streamer buffer far smaller than the checkpoint, handed out as views.
+    **{(model, scenario): {"base": CORRUPTED, "patched": IDENTICAL}
+       for model in ("llama4", "nemotron_vl")
+       for scenario in ("runai-0.15.7-reuse", "runai-0.17.0-views")},
+    # Private copies load correct values on both trees; base Llama 4 holds them all.
+    ("llama4", "runai-0.17.0-copy"): {"base": MATERIALIZES, "patched": IDENTICAL},
+    ("nemotron_vl", "runai-0.17.0-copy"): {"base": IDENTICAL, "patched": IDENTICAL},
+    **{("llama4 (engine)", scenario): {"base": IDENTICAL, "patched": IDENTICAL}
+       for scenario in ("auto-tp2", "auto-tp2 (repeat)")},
+    ("llama4 (engine)", "runai-0.15.7-dist-tp2"): {"base": CORRUPTED, "patched": IDENTICAL},
+    ("nemotron_h", "layerwise-reload-x10"): {"base": CORRUPTED, "patched": IDENTICAL},
+}
+
+# A streaming load that keeps at most this many tensors alive streams; one that
+# keeps all but this many materializes.
+STREAMS_AT_MOST = 4
+MATERIALIZES_ABOVE_ALL_BUT = 2
+
+
+def expected(model: str, scenario: str, tree: str) -> str:
+    try:
+        return EXPECTED[(model, scenario)][tree]
+    except KeyError:
+        raise KeyError(f"no expectation for {model} / {scenario} / {tree}") from None
+
+
+def problems(model: str, scenario: str, tree: str, differing_per_rank: list[int],
+             tokens_identical: bool | None = None, peak_alive: int | None = None,
+             streamed: int | None = None) -> list[str]:
+    """How a run falls short of its expectation; [] when it meets it.
+
+    differing_per_rank: how many parameters differ from the reference on each
+    rank (one entry for an in-process load). tokens_identical: None when
+    tokens are no evidence. peak_alive, streamed: the load's liveness, where
+    it was measured."""
+    want = expected(model, scenario, tree)
+    found = []
+    if want == CORRUPTED:
+        if not all(differing_per_rank):
+            found.append(f"expected corrupted parameters on every rank, found "
+                         f"{differing_per_rank} differing")
+        if tokens_identical is True:
+            found.append("expected other tokens than the reference, found the same")
+        return found
+    if any(differing_per_rank):
+        found.append(f"expected every parameter identical, {differing_per_rank} differ")
+    if tokens_identical is False:
+        found.append("expected the reference's tokens, found others")
+    if peak_alive is not None and streamed is not None and scenario != "auto":
+        if want == MATERIALIZES and peak_alive < streamed - MATERIALIZES_ABOVE_ALL_BUT:
+            found.append(f"expected the load to hold (nearly) all {streamed} streamed "
+                         f"tensors at once, it held at most {peak_alive}")
+        if want == IDENTICAL and tree == "patched" and peak_alive > STREAMS_AT_MOST:
+            found.append(f"expected at most {STREAMS_AT_MOST} streamed tensors alive at "
+                         f"once, found {peak_alive}")
+    return found

@@ -1,0 +1,45 @@
+"""The table of expectations judges runs the same way wherever it is read."""
+
+import pytest
+
+from lab import expectations
+from lab.expectations import problems
+
+
+def test_every_tree_of_every_row_has_an_outcome():
+    for (model, scenario), by_tree in expectations.EXPECTED.items():
+        assert set(by_tree) == {"base", "patched"}, (model, scenario)
+        assert set(by_tree.values()) <= {"identical", "corrupted", "materializes"}
+    assert not {s for m, s in expectations.EXPECTED if m == "llama4 (engine)"} ^ set(
+        expectations.ENGINE_SCENARIOS)
+
+
+def test_a_fix_must_be_identical_on_every_rank_and_in_tokens():
+    args = ("llama4 (engine)", "runai-0.15.7-dist-tp2", "patched")
+    assert problems(*args, [0, 0], tokens_identical=True) == []
+    assert problems(*args, [0, 0], tokens_identical=None) == []  # tokens no evidence
+    assert problems(*args, [0, 3]) != []
+    assert problems(*args, [0, 0], tokens_identical=False) != []
+
+
+def test_the_bug_must_show_on_every_rank():
+    args = ("llama4 (engine)", "runai-0.15.7-dist-tp2", "base")
+    assert problems(*args, [16, 16]) == []
+    assert problems(*args, [16, 0]) != []
+    assert problems(*args, [16, 16], tokens_identical=True) != []
+
+
+def test_materializing_and_streaming_are_judged_by_liveness():
+    assert problems("llama4", "runai-0.17.0-copy", "base", [0], peak_alive=48,
+                    streamed=50) == []
+    assert problems("llama4", "runai-0.17.0-copy", "base", [0], peak_alive=3,
+                    streamed=50) != []
+    assert problems("llama4", "runai-0.17.0-copy", "patched", [0], peak_alive=3,
+                    streamed=50) == []
+    assert problems("llama4", "runai-0.17.0-copy", "patched", [0], peak_alive=50,
+                    streamed=50) != []
+
+
+def test_an_unknown_row_is_an_error_not_a_pass():
+    with pytest.raises(KeyError, match="no expectation"):
+        problems("llama4", "runai-9.9", "patched", [0])

@@ -1,0 +1,84 @@
+"""The two trees in one environment, and running lab code on either.
+
+Which vLLM a process imports is decided by PYTHONPATH (build/vllm-base or
+build/vllm), and so is which runai-model-streamer (0.15.7 from the venv, or
+0.17.0 from its side directory). The CPU MoE workaround plugin is installed
+in the venv and applies to both trees alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+from tools.common import BASE_TREE, BUILD, ROOT, TREE, VENV, ForkError, read_json, run
+
+TREES = {"base": BASE_TREE, "patched": TREE}
+INDUCTOR_CACHE = BUILD / "inductor-cache"
+RUNAI_NEW_DIR = VENV / "runai-0.17.0"
+PYTHON = str(VENV / "bin" / "python")
+
+
+def tree_env(tree: str, scenario: str = "auto") -> dict:
+    paths = [str(TREES[tree]), str(ROOT)]
+    if "0.17.0" in scenario:
+        paths.insert(0, str(RUNAI_NEW_DIR))
+    # The KV cache size is an engine argument (lab/engine.py): a
+    # VLLM_CPU_KVCACHE_SPACE from the caller's shell would override it.
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               # torch.compile's kernels (vLLM's sampler) are cached on disk,
+               # by default in one /tmp directory for every process of the
+               # user. A kernel compiled there under other CPU settings (a
+               # forced ATEN_CPU_CAPABILITY, another clone's run) is loaded
+               # as is and corrupts memory: "free(): invalid next size", or
+               # an IndexError in the embedding. This checkout's runs share
+               # one cache of their own.
+               TORCHINDUCTOR_CACHE_DIR=str(INDUCTOR_CACHE))
+    env["PYTHONPATH"] = ":".join(paths)
+    return env
+
+
+def tensor_sizes(model_dir: Path) -> dict[str, int]:
+    """Bytes of every tensor, from the safetensors headers, loading nothing."""
+    sizes = {}
+    for file in model_dir.glob("*.safetensors"):
+        with file.open("rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        sizes.update({name: meta["data_offsets"][1] - meta["data_offsets"][0]
+                      for name, meta in header.items() if name != "__metadata__"})
+    return sizes
+
+
+def largest_tensor_bytes(model_dir: Path) -> int:
+    return max(tensor_sizes(model_dir).values())
+
+
+def checkpoint_bytes(model_dir: Path) -> int:
+    return sum(tensor_sizes(model_dir).values())
+
+
+def streamer_memory_limit(model_dir: Path) -> int:
+    """Just room for the largest tensor: far below the checkpoint size, so the
+    streamer has to reuse its buffer."""
+    limit = largest_tensor_bytes(model_dir) + 64 * 1024
+    if limit * 2 > checkpoint_bytes(model_dir):
+        raise ForkError(f"{model_dir}: too small for the streamer to reuse its buffer")
+    return limit
+
+
+def run_module(module: str, args: list, env: dict, what: str, timeout: int = 900) -> dict:
+    """Run `python -m module *args OUT.json` in its own process; its JSON result.
+    On failure, the root cause and the end of its output say why
+    (tools.common.run)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        run([PYTHON, "-m", module, *args, out], what, env=env, cwd=ROOT, timeout=timeout)
+        result = read_json(out)
+        if result is None:
+            raise ForkError(f"{what} exited 0 but wrote no result")
+        return result
