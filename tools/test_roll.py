@@ -57,6 +57,26 @@ def sdist(path: Path, version: str, files: dict) -> Path:
     return path
 
 
+def export_fixes(work: Path, fixes: list, base: str, patches: Path) -> Path:
+    """One commit per fix (its code and, if any, its test file) on work, exported
+    as a series into patches."""
+    for path, text, test, test_text, subject in fixes:
+        if test:
+            (work / test).parent.mkdir(exist_ok=True)
+            (work / test).write_text(test_text)
+        commit(work, path=path, text=text, subject=subject,
+               touches=[path] + ([test] if test else []))
+        if test:  # commit() stages only `path`: amend the test file in.
+            git(work, "add", test)
+            git(work, "commit", "-q", "--amend", "--no-edit")
+    patches.mkdir()
+    rendered = series.render(work, base)
+    for name, text in rendered.items():
+        (patches / name).write_text(text)
+    (patches / "series").write_text(series.series_text(rendered))
+    return patches
+
+
 @pytest.fixture
 def upstreams(tmp_path):
     """v1.0 and v2.0 as base repositories, and a series of four fixes on v1.0."""
@@ -73,19 +93,7 @@ def upstreams(tmp_path):
     work = tmp_path / "work"
     tree.materialize(tmp_path / "pkg-1.0.tar.gz", make_pin(tmp_path / "pkg-1.0.tar.gz"), empty,
                      work)
-    for path, text, test, test_text, subject in FIXES:
-        (work / test).parent.mkdir(exist_ok=True)
-        (work / test).write_text(test_text)
-        commit(work, path=path, text=text, subject=subject, touches=[path, test])
-        # commit() stages only `path`: amend the test file in.
-        git(work, "add", test)
-        git(work, "commit", "-q", "--amend", "--no-edit")
-    patches = tmp_path / "patches"
-    patches.mkdir()
-    rendered = series.render(work, "v1.0")
-    for name, text in rendered.items():
-        (patches / name).write_text(text)
-    (patches / "series").write_text(series.series_text(rendered))
+    patches = export_fixes(work, FIXES, "v1.0", tmp_path / "patches")
     listed = tmp_path / "upstream_tests.txt"
     listed.write_text("".join(f"{f[2]}\n" for f in FIXES))
     return {"repos": repos, "patches": patches, "listed": listed, "tmp": tmp_path}
@@ -172,3 +180,153 @@ def test_the_proposed_cuda_pin_takes_the_platform_from_the_wheels_name():
         == "manylinux_2_24_x86_64"
     assert roll.wheel_platform("vllm-0.22.0-cp38-abi3-manylinux_2_28_x86_64."
                                "manylinux_2_31_x86_64.whl") == "manylinux_2_28_x86_64"
+
+
+# -- verdicts that used to mislead (each was wrong in an earlier roll.py) -----
+
+# Release 3.0 fixed nothing; each patch is judged against 2.0's code for c.
+V3 = {**V1, "tests/test_e.py": "from pkg.c import c\n\n\ndef test_c_is_positive():\n"
+      "    assert c() >= -1\n"}
+MISLEADING = [
+    # Edits an existing test (stricter), adds no test function, and that test
+    # fails with the fix: nothing judges the fix.
+    ("pkg/c.py", "def c():\n    return 0\n", "tests/test_e.py",
+     "from pkg.c import c\n\n\ndef test_c_is_positive():\n    assert c() > 0\n",
+     "[Bugfix] Tighten e"),
+    # Touches no test file, applies cleanly.
+    ("pkg/a.py", "def a():\n    return 1\n", None, None, "[Bugfix] Fix a without a test"),
+    # Its test passes on the new release without the fix, and on the current
+    # base too: it tests nothing.
+    ("pkg/d.py", V1["pkg/d.py"].replace("return 1  # bug", "return 1  # fine"),
+     "tests/test_g.py", "def test_always():\n    assert True\n", "[Bugfix] Fix g"),
+]
+
+
+@pytest.fixture
+def misleading(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "series").write_text("")
+    archive = sdist(tmp_path / "pkg-3.0.tar.gz", "3.0", V3)
+    pin = make_pin(archive)
+    pin["upstream"].update(version="3.0", tag="v3.0")
+    work = tmp_path / "work"
+    tree.materialize(archive, pin, empty, work)
+    new, current = tmp_path / "new", tmp_path / "current"
+    tree.materialize(archive, pin, empty, new)
+    tree.materialize(archive, pin, empty, current)
+    patches = export_fixes(work, MISLEADING, "v3.0", tmp_path / "patches")
+    listed = tmp_path / "upstream_tests.txt"
+    listed.write_text("tests/test_e.py\ntests/test_g.py\n")
+    verdicts = roll.roll_series(new, patches, sys.executable, (current, sys.executable), listed,
+                                history=[work])
+    return {v.patch.split("-", 1)[1].removesuffix(".patch"): v for v in verdicts}
+
+
+def test_a_patch_that_adds_no_test_function_is_untested_not_carried(misleading):
+    e = misleading["Tighten-e"]
+    assert e.new_tests == [] and e.applies == "clean"
+    assert e.verdict == "untested" and "adds no test function" in e.note
+
+
+def test_a_clean_patch_without_a_test_file_is_untested_not_conflict(misleading):
+    f = misleading["Fix-a-without-a-test"]
+    assert f.applies == "clean" and f.tests_from == ""
+    assert f.verdict == "untested" and "touches no test file" in f.note
+
+
+def test_tests_that_pass_on_both_bases_do_not_make_a_patch_upstreamed(misleading):
+    g = misleading["Fix-g"]
+    assert g.without_fix == {"test_always": "passed"}
+    assert g.on_current_base == {"test_always": "passed"}
+    assert g.verdict == "untested" and "prove nothing" in g.note
+
+
+def test_every_verdict_says_what_it_rests_on(upstreams):
+    verdicts = run_roll(upstreams, "2.0")
+    assert all(v.note for v in verdicts), verdicts
+    carried = next(v for v in verdicts if v.verdict == "carried")
+    assert "test_c_is_one" in carried.note and "with it, all pass" in carried.note
+
+
+# -- the roll's environment and downloads -------------------------------------
+
+def test_torchs_companions_are_pinned_to_its_release():
+    reqs = ['torchaudio; platform_machine != "s390x"', "torchvision", "transformers>=4.56"]
+    assert roll.companions(reqs, "2.11.0") == ([
+        'torchaudio===2.11.0; platform_machine != "s390x"', "torchvision===0.26.0",
+        "transformers>=4.56"], [])
+    assert roll.companions(["torchvision"], "2.9.1")[0] == ["torchvision===0.24.1"]
+    # torchaudio's last release is 2.11: a newer torch has none that loads.
+    on_registry = {("torchaudio", "2.11.1"), ("torchvision", "0.29.0")}
+    reqs, notes = roll.companions(reqs, "2.14.0", lambda name, v: (name, v) in on_registry)
+    assert reqs == ["torchvision===0.29.0", "transformers>=4.56"]
+    assert notes == ["torchaudio left out: no torchaudio 2.14.0 for torch 2.14.0"]
+
+
+def test_a_release_without_cpu_kernels_takes_torch_from_its_requirements(tmp_path):
+    req = tmp_path / "requirements"
+    req.mkdir()
+    (req / "common.txt").write_text("regex\ntransformers >= 4.56.0  # comment\n")
+    (req / "cpu.txt").write_text(
+        "--extra-index-url https://example.invalid/whl/cpu\n-r common.txt\n"
+        'torch==2.12.0+cpu; platform_machine == "x86_64"\n'
+        'torch==2.12.0; platform_system == "Darwin"\ntorchaudio\n'
+        "triton @ https://example.invalid/triton-3.8.0+cpu.whl ; python_version == '3.11'\n")
+    torch, others = roll.sdist_cpu_requirements(tmp_path)
+    assert torch == "2.12.0"
+    assert others == ["regex", "transformers >= 4.56.0", "torchaudio"]
+
+
+def test_a_cached_download_that_changed_is_refused_with_both_hashes(tmp_path, monkeypatch):
+    calls = []
+
+    def download(requirement, dest, python, args):
+        calls.append(requirement)
+        (dest / "vllm-9.9.9.tar.gz").write_bytes(b"the sdist")
+        return dest / "vllm-9.9.9.tar.gz"
+
+    monkeypatch.setattr(roll, "pip_download_unpinned", download)
+    first = roll.cached_download(tmp_path, "vllm-9.9.9.tar.gz", "vllm==9.9.9", "py", [], "sdist")
+    again = roll.cached_download(tmp_path, "vllm-9.9.9.tar.gz", "vllm==9.9.9", "py", [], "sdist")
+    assert first == again and len(calls) == 1
+    first.write_bytes(b"something else")
+    with pytest.raises(ForkError, match=r"changed since it was downloaded: sha256 [0-9a-f]{64}, "
+                                        r"recorded [0-9a-f]{64}"):
+        roll.cached_download(tmp_path, "vllm-9.9.9.tar.gz", "vllm==9.9.9", "py", [], "sdist")
+    # A file cached without a recorded hash (an older roll) is fetched again.
+    (tmp_path / "vllm-9.9.9.tar.gz.sha256").unlink()
+    roll.cached_download(tmp_path, "vllm-9.9.9.tar.gz", "vllm==9.9.9", "py", [], "sdist")
+    assert len(calls) == 2
+
+
+def test_without_kernels_a_test_that_needs_them_is_skipped_with_the_reason(tmp_path):
+    (tmp_path / "test_k.py").write_text(
+        "def test_needs_kernels():\n    raise ImportError(\"cannot import name '_C' from "
+        "'vllm' (vllm._C)\")\n\n\ndef test_plain():\n    assert False, 'a real failure'\n")
+    outcomes, errors = roll.run_tests(tmp_path, sys.executable, ["test_k.py"], kernels=False)
+    assert outcomes == {"test_needs_kernels": "skipped", "test_plain": "failed"}
+    assert errors["test_needs_kernels"].startswith("needs the CPU kernels")
+    outcomes, _ = roll.run_tests(tmp_path, sys.executable, ["test_k.py"], kernels=True)
+    assert outcomes["test_needs_kernels"] == "failed"
+
+
+def test_an_adoption_that_fails_half_way_changes_nothing(upstreams, tmp_path, monkeypatch):
+    verdicts = [v for v in run_roll(upstreams, "2.0") if v.verdict in ("carried", "upstreamed")]
+    root = fake_root(tmp_path / "root", upstreams)
+    roll.propose(tmp_path / "w", upstreams["repos"]["2.0"],
+                 {"upstream": {"version": "2.0", "tag": "v2.0"}},
+                 verdicts, {"requirements_in": "new\n", "lock": "new==2\n"}, "2.0", root)
+    before = snapshot(root)
+    writes = []
+
+    def full_disk(path, text):
+        if len(writes) == 3:
+            raise OSError(28, "No space left on device", str(path))
+        writes.append(path)
+        path.write_text(text)
+
+    monkeypatch.setattr("tools.common.atomic_write", full_disk)
+    with pytest.raises(OSError):
+        roll.adopt(tmp_path / "w", verdicts, root)
+    assert len(writes) == 3 and snapshot(root) == before
