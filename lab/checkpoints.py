@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tools.common import CACHE, TREE, VENV, ForkError, read_json, run  # noqa: E402
+from tools.common import CACHE, TREE, VENV, ForkError, main_wrapper, read_json, run  # noqa: E402
 
 # Checkpoints of other versions of this file, unused this long, are deleted.
 STALE_AFTER_S = 7 * 24 * 3600
@@ -301,7 +301,7 @@ def main() -> None:
         {"llama4": make_llama4, "nemotron_h": make_nemotron_h, "nemotron_vl": make_nemotron_vl,
          "llama4_bench": make_llama4_bench}[kind](dest)
         os._exit(0)
-    print(ensure(sys.argv[1]))
+    main_wrapper(lambda: print(ensure(sys.argv[1])))
 
 
 if __name__ == "__main__":

@@ -37,11 +37,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tools import common
 from tools.common import (
     BASE_TREE,
     BUILD,
     ROOT,
     TREE,
+    CommandFailed,
     ForkError,
     git,
     load_pin,
@@ -313,12 +315,16 @@ def smoke(python: str, tree: Path = TREE) -> bool:
     visible (the install itself is done). The base worktree is checked the
     way the proofs import it: first on PYTHONPATH."""
     env = {**os.environ, "PYTHONPATH": str(tree)} if tree != TREE else None
-    proc = subprocess.run([python, "-c", SMOKE], text=True, cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    lines = proc.stdout.strip().splitlines()
+    failed = None
+    try:
+        out = common.run([python, "-c", SMOKE], f"the smoke check of {tree.name}", env=env,
+                         cwd=ROOT)
+    except CommandFailed as e:
+        failed, out = e, e.output
+    lines = out.strip().splitlines()
     if lines and lines[0].startswith("vllm ") and str(tree / "vllm") not in lines[0]:
         raise ForkError(f"{python} imports another vllm than {tree}: {lines[0]}")
-    if proc.returncode == 0:
+    if failed is None:
         print("\n".join(lines[-2:]), flush=True)
         return True
     if lines and lines[-1].startswith("NO-GPU"):
@@ -326,7 +332,7 @@ def smoke(python: str, tree: Path = TREE) -> bool:
         say(f"installed, but no GPU is visible here ({lines[-1][7:]}): the smoke check "
             "runs on a GPU node")
         return False
-    raise ForkError("the installed tree does not start:\n" + "\n".join(lines[-25:]))
+    raise ForkError(f"the installed tree does not start: {failed}")
 
 
 def install(python: str | None, existing_torch: str | None, wheelhouse: Path | None) -> str:

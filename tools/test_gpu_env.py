@@ -261,3 +261,26 @@ def test_what_the_gpu_install_adds_to_the_tree_is_taken_out_by_make_env(tmp_path
     assert sorted(p.name for p in base.iterdir()) == ["_version.py"]  # as released
     assert not (repo / ".git" / "fork-cuda-files.json").exists()
     env.drop_cuda_files()  # nothing recorded: nothing to do
+
+
+def interpreter_running(tmp_path, script: str) -> str:
+    """An interpreter that runs `script` whatever it is asked to run."""
+    path = tmp_path / "python"
+    path.write_text(f"#!{sys.executable}\n{script}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_the_smoke_check_passes_says_no_gpu_or_names_the_failure(tmp_path):
+    tree = tmp_path / "tree"
+    said = f"print('vllm 0.21.0 from {tree}/vllm/__init__.py')"
+    assert gpu_env.smoke(interpreter_running(tmp_path, f"{said}\nprint('smoke: CUDA')"), tree)
+    no_gpu = interpreter_running(
+        tmp_path, f"{said}\nraise SystemExit('NO-GPU platform is CpuPlatform')")
+    assert gpu_env.smoke(no_gpu, tree) is False
+    broken = interpreter_running(tmp_path, f"{said}\nraise ImportError('libcuda.so.1')")
+    with pytest.raises(ForkError, match="does not start.*root cause: ImportError: libcuda"):
+        gpu_env.smoke(broken, tree)
+    elsewhere = interpreter_running(tmp_path, "print('vllm 0.21.0 from /site-packages/vllm/x.py')")
+    with pytest.raises(ForkError, match="imports another vllm"):
+        gpu_env.smoke(elsewhere, tree)
