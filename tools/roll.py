@@ -24,6 +24,7 @@ unless --write is given and every patch was judged:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -83,6 +84,10 @@ class Verdict:
     skipped: dict[str, str] = field(default_factory=dict)  # test: why pytest skipped it
     tests_from: str = ""  # how its test files were put on the new base without the fix
     kernels: str = ""  # which CPU kernels the tests ran with
+    # Upstream's own tests of the patch's files, from the new release, on the fork.
+    upstream_tests: list[str] = field(default_factory=list)
+    upstream_on_fork: dict[str, str] = field(default_factory=dict)
+    upstream_on_fork_errors: dict[str, str] = field(default_factory=dict)
     verdict: str = ""
     note: str = ""  # what the verdict rests on, in words
     refreshed: str = ""  # carried: byte-identical or refreshed
@@ -314,24 +319,54 @@ def post_image_blobs(patch: Path) -> dict[str, str]:
     return blobs
 
 
+@contextlib.contextmanager
+def scratch_worktree(tree: Path):
+    """A worktree of tree's HEAD, with what tree has beside its commits (the
+    CPU kernels, _version.py) linked in; removed afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / tree.name
+        git(tree, "worktree", "add", "-q", "--detach", str(repo), "HEAD")
+        try:
+            extra = git(tree, "ls-files", "--others", "--ignored", "--exclude-standard").stdout
+            for name in extra.split():
+                if name.endswith((".so", "_version.py")) and (tree / name).is_file():
+                    os.link(tree / name, repo / name)
+            yield repo
+        finally:
+            git(tree, "worktree", "remove", "--force", str(repo), check=False)
+
+
 def current_base_outcomes(patch: Path, tests: list[str], args: list[str], base: Path,
                           python: str) -> dict:
     """The patch's tests (its test files only) on the base the series is pinned to."""
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(tmp) / "base"
-        git(base, "worktree", "add", "-q", "--detach", str(repo), "HEAD")
-        try:
-            # What the base needs beside its commits: the CPU kernels, _version.py.
-            extra = git(base, "ls-files", "--others", "--ignored", "--exclude-standard").stdout
-            for name in extra.split():
-                if name.endswith((".so", "_version.py")) and (base / name).is_file():
-                    os.link(base / name, repo / name)
-            if git(repo, "apply", *[f"--include={t}" for t in tests], str(patch),
-                   check=False).returncode != 0:
-                raise ForkError(f"{patch.name}: its tests do not apply to the current base")
-            return run_tests(repo, python, args)[0]
-        finally:
-            git(base, "worktree", "remove", "--force", str(repo), check=False)
+    with scratch_worktree(base) as repo:
+        if git(repo, "apply", *[f"--include={t}" for t in tests], str(patch),
+               check=False).returncode != 0:
+            raise ForkError(f"{patch.name}: its tests do not apply to the current base")
+        return run_tests(repo, python, args)[0]
+
+
+def second_opinion(v: Verdict, patch: Path, release: Path, tag: str, fork: Path, python: str,
+                   listed: Path = UPSTREAM_TESTS) -> None:
+    """Upstream's own tests of the files the patch touches, as the new release
+    has them, run against the fork's fix (fork's HEAD, this venv). They may
+    fail for reasons outside the patch: the report quotes each assertion."""
+    files = {}
+    for name in patch_files(patch):
+        if TEST_FILE.search(name):
+            text = git(release, "show", f"{tag}:{name}", check=False)
+            if text.returncode == 0:
+                files[name] = text.stdout
+    v.upstream_tests = sorted(files)
+    if not files:
+        return
+    say(f"{patch.name}: {tag}'s own tests of its files, against the fork's fix")
+    with scratch_worktree(fork) as repo:
+        for name, text in files.items():
+            (repo / name).write_text(text)
+        outcomes, errors = run_tests(repo, python, test_args(list(files), listed))
+    v.upstream_on_fork = outcomes
+    v.upstream_on_fork_errors = {k: e for k, e in errors.items() if outcomes[k] == "failed"}
 
 
 def roll_series(repo: Path, patches: Path, python: str, current: tuple[Path, str] | None,
@@ -703,9 +738,10 @@ def table(verdicts: list[Verdict]) -> str:
         return f"{passed}/{len(outcomes)} pass"
 
     rows = [("patch", "applies", "tests without fix", "tests with fix", "on current base",
-             "verdict")]
+             "upstream's tests on fork", "verdict")]
     rows += [(v.patch[:60], v.applies, summary(v.without_fix), summary(v.with_fix),
-              summary(v.on_current_base), f"{v.verdict} {v.refreshed}".strip())
+              summary(v.on_current_base), summary(v.upstream_on_fork),
+              f"{v.verdict} {v.refreshed}".strip())
              for v in verdicts]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -735,6 +771,8 @@ def roll(version: str, write: bool = False, workdir: Path | None = None) -> list
                            kernels=bool(release["wheel"]))
     for v in verdicts:
         v.kernels = kernels
+        second_opinion(v, PATCHES / v.patch, repo, new_pin["upstream"]["tag"], TREE,
+                       str(VENV / "bin" / "python"))
     propose(workdir, repo, new_pin, verdicts, env, version)
     report = {"version": version, "sdist_sha256": release["sdist_sha256"],
               "wheel_sha256": release["wheel_sha256"] or None, "kernels": kernels,
@@ -747,6 +785,8 @@ def roll(version: str, write: bool = False, workdir: Path | None = None) -> list
     print(f"kernels: {kernels}")
     for v in verdicts:
         print(f"{v.patch[:60]}: {v.verdict}: {v.note[:400]}", flush=True)
+        for test, error in sorted(v.upstream_on_fork_errors.items()):
+            print(f"  upstream's {test} on the fork fails: {error[:200]}", flush=True)
     say(f"wrote {(workdir / 'report.json').relative_to(ROOT)} and the proposal in "
         f"{(workdir / 'proposed').relative_to(ROOT)}")
     if write:

@@ -96,7 +96,7 @@ def upstreams(tmp_path):
     patches = export_fixes(work, FIXES, "v1.0", tmp_path / "patches")
     listed = tmp_path / "upstream_tests.txt"
     listed.write_text("".join(f"{f[2]}\n" for f in FIXES))
-    return {"repos": repos, "patches": patches, "listed": listed, "tmp": tmp_path}
+    return {"repos": repos, "patches": patches, "listed": listed, "tmp": tmp_path, "fork": work}
 
 
 def run_roll(upstreams, onto: str) -> list[roll.Verdict]:
@@ -330,3 +330,27 @@ def test_an_adoption_that_fails_half_way_changes_nothing(upstreams, tmp_path, mo
     with pytest.raises(OSError):
         roll.adopt(tmp_path / "w", verdicts, root)
     assert len(writes) == 3 and snapshot(root) == before
+
+
+def test_upstreams_own_tests_of_a_patchs_files_run_against_the_fork(upstreams, tmp_path):
+    """Release 4.0 has its own tests/test_c.py; they run on the fork's fix, and
+    a failure is quoted (here upstream expects what the fix does not do)."""
+    files = {**V1, "tests/test_c.py": "from pkg.c import c\n\n\ndef test_c_is_one():\n"
+             "    assert c() == 1\n\n\ndef test_c_is_two():\n    assert c() == 2\n"}
+    archive = sdist(tmp_path / "pkg-4.0.tar.gz", "4.0", files)
+    pin = make_pin(archive)
+    pin["upstream"].update(version="4.0", tag="v4.0")
+    release = tmp_path / "v4.0"
+    tree.materialize(archive, pin, upstreams["patches"].parent / "empty", release)
+    patch = upstreams["patches"] / "Bugfix-Fix-c.patch"
+    v = roll.Verdict(patch.name)
+    roll.second_opinion(v, patch, release, "v4.0", upstreams["fork"], sys.executable,
+                        upstreams["listed"])
+    assert v.upstream_tests == ["tests/test_c.py"]
+    assert v.upstream_on_fork == {"test_c_is_one": "passed", "test_c_is_two": "failed"}
+    assert "assert 1 == 2" in v.upstream_on_fork_errors["test_c_is_two"]
+    # A patch whose files the release has no tests for gets no second opinion.
+    other = roll.Verdict("Bugfix-Fix-a.patch")
+    roll.second_opinion(other, upstreams["patches"] / other.patch, release, "v4.0",
+                        upstreams["fork"], sys.executable, upstreams["listed"])
+    assert other.upstream_tests == [] and other.upstream_on_fork == {}
