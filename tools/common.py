@@ -344,7 +344,7 @@ def describe(error: BaseException) -> str | None:
         where = f" ({error.filename})" if error.filename else ""
         return f"{error.strerror or error}{where}"
     if isinstance(error, subprocess.TimeoutExpired):
-        return f"{' '.join(map(str, error.cmd))[:120]} did not finish in {error.timeout:.0f} s"
+        return f"{' '.join(map(str, error.cmd))[:120]} did not finish in {error.timeout:.3g} s"
     if isinstance(error, subprocess.CalledProcessError):
         return f"{' '.join(map(str, error.cmd))[:120]} failed with exit {error.returncode}"
     return None

@@ -87,7 +87,7 @@ def entry_point(kind: str, *args: str, debug: bool = False) -> subprocess.Comple
 
 @pytest.mark.parametrize(("kind", "says"), [
     ("disk-full", "error: the disk is full (writing /work/build/x.json)"),
-    ("timeout", "did not finish in 0 s"),
+    ("timeout", "did not finish in 0.1 s"),
     ("child", "failed with exit 3"),
     ("child-run", "error: a child step failed (exit 1; root cause: KeyError: 'x')"),
     ("corrupt-cache", "is unreadable"),
