@@ -146,8 +146,13 @@ def run_tests(repo: Path, python: str, args: list[str],
             outcomes[name] = "failed" if problem is not None else (
                 "skipped" if skipped is not None else "passed")
             if problem is not None or skipped is not None:
-                errors[name] = ((problem if problem is not None else skipped)
-                                .get("message") or "")[:300]
+                element = problem if problem is not None else skipped
+                message = element.get("message") or ""
+                if message == "collection failure" and element.text:
+                    # The module did not import: say why (its last line).
+                    lines = [line for line in element.text.splitlines() if line.strip()]
+                    message = f"collection failure: {lines[-1].lstrip('E ').strip()}"
+                errors[name] = message[:300]
             if (problem is not None and not kernels
                     and NEEDS_KERNELS.search(f"{problem.get('message')}\n{problem.text}")):
                 outcomes[name] = "skipped"

@@ -354,3 +354,11 @@ def test_upstreams_own_tests_of_a_patchs_files_run_against_the_fork(upstreams, t
     roll.second_opinion(other, upstreams["patches"] / other.patch, release, "v4.0",
                         upstreams["fork"], sys.executable, upstreams["listed"])
     assert other.upstream_tests == [] and other.upstream_on_fork == {}
+
+
+def test_a_test_file_that_does_not_import_says_why(tmp_path):
+    (tmp_path / "test_x.py").write_text("from pkg.renamed import thing  # noqa: F401\n\n\n"
+                                        "def test_x():\n    pass\n")
+    outcomes, errors = roll.run_tests(tmp_path, sys.executable, ["test_x.py"])
+    assert list(outcomes.values()) == ["failed"]
+    assert "ModuleNotFoundError: No module named 'pkg'" in next(iter(errors.values()))
