@@ -68,14 +68,14 @@ def measure(tree: str, model: Path, load_format: str, memory_limit: int,
             streamer: str = "0.17.0", peer: bool = False) -> dict:
     args = [model, load_format, memory_limit] + (["--clone-every-tensor"] if peer else [])
     return trees.run_module("bench.measure", args,
-                              trees.tree_env(tree, STREAMER_SCENARIO[streamer]),
-                              f"measure {tree}/{load_format}/{streamer}", timeout=1200)
+                            trees.tree_env(tree, STREAMER_SCENARIO[streamer]),
+                            f"measure {tree}/{load_format}/{streamer}", timeout=1200)
 
 
 def engine_tp2(tree: str, model: Path, memory_limit: int) -> dict:
     result = trees.run_module("bench.engine_tp", [model, memory_limit],
-                                trees.tree_env(tree, "runai-0.17.0-copy"),
-                                f"engine TP=2 load on {tree}", timeout=1200)
+                              trees.tree_env(tree, "runai-0.17.0-copy"),
+                              f"engine TP=2 load on {tree}", timeout=1200)
     if not result["runai_file"].startswith(str(trees.RUNAI_NEW_DIR)):
         raise ForkError(f"the engine imported the streamer from {result['runai_file']}")
     return result

@@ -67,7 +67,7 @@ class Liveness:
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in self.source():
             mine = tensor.clone() if self.copy else tensor
-            del tensor  # the only reference left is the consumer's
+            del tensor  # hold no reference of this frame's own past the yield
             self.refs.append((weakref.ref(mine), mine.numel() * mine.element_size()))
             yield name, mine
             del mine

@@ -8,6 +8,7 @@ in the venv and applies to both trees alike.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -17,9 +18,32 @@ from pathlib import Path
 from tools.common import BASE_TREE, BUILD, ROOT, TREE, VENV, ForkError, read_json, run
 
 TREES = {"base": BASE_TREE, "patched": TREE}
-INDUCTOR_CACHE = BUILD / "inductor-cache"
+INDUCTOR_CACHES = BUILD / "inductor-cache"
 RUNAI_NEW_DIR = VENV / "runai-0.17.0"
 PYTHON = str(VENV / "bin" / "python")
+
+
+def inductor_cache(environ: dict, cpuinfo: str) -> Path:
+    """This checkout's torch.compile cache for this CPU and these CPU settings.
+
+    torch.compile's kernels (vLLM's sampler) are cached on disk, by default in
+    one /tmp directory for every process of the user, under a key that leaves
+    out what vector width the kernel was built for. A kernel compiled under
+    other CPU settings (a forced ATEN_CPU_CAPABILITY, another clone's run, this
+    checkout on another machine) is then loaded as is and corrupts memory:
+    "free(): invalid next size", or an IndexError in the embedding."""
+    flags = sorted({flag for line in cpuinfo.splitlines() if line.startswith("flags")
+                    for flag in line.split(":", 1)[1].split()})
+    settings = [f"{k}={environ.get(k, '')}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")]
+    key = hashlib.sha256(" ".join(flags + settings).encode()).hexdigest()[:12]
+    return INDUCTOR_CACHES / key
+
+
+def cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 def tree_env(tree: str, scenario: str = "auto") -> dict:
@@ -30,14 +54,7 @@ def tree_env(tree: str, scenario: str = "auto") -> dict:
     # VLLM_CPU_KVCACHE_SPACE from the caller's shell would override it.
     env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               # torch.compile's kernels (vLLM's sampler) are cached on disk,
-               # by default in one /tmp directory for every process of the
-               # user. A kernel compiled there under other CPU settings (a
-               # forced ATEN_CPU_CAPABILITY, another clone's run) is loaded
-               # as is and corrupts memory: "free(): invalid next size", or
-               # an IndexError in the embedding. This checkout's runs share
-               # one cache of their own.
-               TORCHINDUCTOR_CACHE_DIR=str(INDUCTOR_CACHE))
+               TORCHINDUCTOR_CACHE_DIR=str(inductor_cache(env, cpuinfo())))
     env["PYTHONPATH"] = ":".join(paths)
     return env
 
