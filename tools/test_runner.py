@@ -4,6 +4,7 @@ entry point prints when something ordinary goes wrong: one line, no traceback.""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -87,7 +88,8 @@ def entry_point(kind: str, *args: str, debug: bool = False) -> subprocess.Comple
 
 @pytest.mark.parametrize(("kind", "says"), [
     ("disk-full", "error: the disk is full (writing /work/build/x.json)"),
-    ("timeout", "did not finish in 0.1 s"),
+    # subprocess reports the time that was left, which depends on the load.
+    ("timeout", re.compile(r"did not finish in 0?\.\d+ s$")),
     ("child", "failed with exit 3"),
     ("child-run", "error: a child step failed (exit 1; root cause: KeyError: 'x')"),
     ("corrupt-cache", "is unreadable"),
@@ -97,7 +99,8 @@ def test_an_ordinary_failure_is_one_line_without_a_traceback(kind, says, tmp_pat
     proc = entry_point(kind, str(tmp_path / "manifest.json"))
     assert proc.returncode == 1
     first = proc.stderr.splitlines()[0]
-    assert first.startswith("error: ") and says in first, proc.stderr
+    found = says.search(first) if isinstance(says, re.Pattern) else says in first
+    assert first.startswith("error: ") and found, proc.stderr
     if kind == "child-run":
         # The child's own output (its traceback included) follows, never ours.
         assert "main_wrapper" not in proc.stderr and "in main" not in proc.stderr
