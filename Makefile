@@ -1,12 +1,19 @@
 # The fork's front door. Every target does its own set-up on a fresh machine.
 #   make demo   the main job: base vs patched with the real streamer and engine
 #   make test   every test: tooling, series lint, upstream tests, integration
+# On a GPU node, after `make gpu-env`: make demo DEVICE=cuda, make bench DEVICE=cuda.
 PY := .venv/bin/python
+GPU_PY = $$(cat build/gpu-python 2>/dev/null || echo "no-gpu-env: run make gpu-env first")
+ON_CPU := $(if $(filter cuda,$(DEVICE)),,env)
 
 .PHONY: demo test bench audit tree export check check-all env lock roll gpu-env gpu-wheelhouse
 
-demo: env
+demo: $(ON_CPU)
+ifeq ($(DEVICE),cuda)
+	VLLM_FORK_DEVICE=cuda $(GPU_PY) -m proof.demo
+else
 	$(PY) -m proof.demo
+endif
 
 test: env
 	$(PY) -m pytest -q tools
@@ -15,8 +22,14 @@ test: env
 	$(PY) -m pytest -q lab proof bench audit
 
 # Host memory and load time against the floor: build/bench/, docs/benchmarks.md.
-bench: env
+# DEVICE=cuda: a Llama-4-Scout-shaped slice into the real engine on one GPU
+# (build/bench/results-cuda.json, docs/benchmarks-gpu.md).
+bench: $(ON_CPU)
+ifeq ($(DEVICE),cuda)
+	VLLM_FORK_DEVICE=cuda $(GPU_PY) -m bench.gpu
+else
 	$(PY) -m bench.run
+endif
 
 # Which architectures load safely from streaming loaders: build/audit/, docs/streaming-safety.md.
 audit: env

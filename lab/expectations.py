@@ -20,10 +20,16 @@ IDENTICAL, CORRUPTED, MATERIALIZES = "identical", "corrupted", "materializes"
 
 # In-process loads through vLLM's own loader (proof/loadcheck.py).
 LOAD_SCENARIOS = ["auto", "runai-0.15.7-reuse", "runai-0.17.0-copy", "runai-0.17.0-views"]
-# The engine at tensor parallel 2 (proof/generate.py): runai 0.15.7 in
-# distributed mode against `auto`; the reference is run twice, so that tokens
-# count only when it repeats itself.
+# The engine on CPU at tensor parallel 2 (proof/generate.py): runai 0.15.7
+# in distributed mode against `auto`; the reference is run twice, so that
+# tokens count only when it repeats itself.
 ENGINE_SCENARIOS = ["auto-tp2", "auto-tp2 (repeat)", "runai-0.15.7-dist-tp2"]
+# The engine on one GPU at tensor parallel 1: every streaming loader of the
+# in-process loads, against `auto`, for both fixed models; and NemotronH
+# reloaded in place through the engine.
+CUDA_MODELS = ("llama4 (engine)", "nemotron_vl (engine)")
+CUDA_SCENARIOS = ["auto-tp1", "auto-tp1 (repeat)", "runai-0.15.7-reuse-tp1",
+                  "runai-0.17.0-copy-tp1", "runai-0.17.0-views-tp1"]
 
 EXPECTED: dict[tuple[str, str], dict[str, str]] = {
     **{(model, "auto"): {"base": IDENTICAL, "patched": IDENTICAL}
@@ -39,6 +45,15 @@ EXPECTED: dict[tuple[str, str], dict[str, str]] = {
        for scenario in ("auto-tp2", "auto-tp2 (repeat)")},
     ("llama4 (engine)", "runai-0.15.7-dist-tp2"): {"base": CORRUPTED, "patched": IDENTICAL},
     ("nemotron_h", "layerwise-reload-x10"): {"base": CORRUPTED, "patched": IDENTICAL},
+    # On a GPU the engine's own loaders: a reused buffer (0.15.7, or 0.17.0's
+    # views) breaks base; private copies load right on both trees.
+    **{(model, scenario): {"base": IDENTICAL, "patched": IDENTICAL}
+       for model in CUDA_MODELS
+       for scenario in ("auto-tp1", "auto-tp1 (repeat)", "runai-0.17.0-copy-tp1")},
+    **{(model, scenario): {"base": CORRUPTED, "patched": IDENTICAL}
+       for model in CUDA_MODELS
+       for scenario in ("runai-0.15.7-reuse-tp1", "runai-0.17.0-views-tp1")},
+    ("nemotron_h (engine)", "layerwise-reload-x10-tp1"): {"base": CORRUPTED, "patched": IDENTICAL},
 }
 
 # A streaming load that keeps at most this many tensors alive streams; one that

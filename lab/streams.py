@@ -103,3 +103,16 @@ def zero_state(module: torch.nn.Module) -> None:
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
             tensor.zero_()
+
+
+def force_streamer_views() -> None:
+    """runai-model-streamer 0.17.0 with owned=False in this process: views
+    into its reused buffers, as 0.15.7 always gave. vLLM 0.21 calls
+    stream_files without `owned`, so the streamer's default is changed;
+    vLLM is untouched."""
+    import functools
+
+    from runai_model_streamer import SafetensorsStreamer
+
+    SafetensorsStreamer.stream_files = functools.partialmethod(
+        SafetensorsStreamer.stream_files, owned=False)

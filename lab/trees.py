@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import struct
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,8 +20,14 @@ from tools.common import BASE_TREE, BUILD, ROOT, TREE, VENV, ForkError, read_jso
 
 TREES = {"base": BASE_TREE, "patched": TREE}
 INDUCTOR_CACHES = BUILD / "inductor-cache"
-RUNAI_NEW_DIR = VENV / "runai-0.17.0"
-PYTHON = str(VENV / "bin" / "python")
+# On CPU: .venv (make env). On a GPU node: the interpreter that `make gpu-env`
+# installed into, which `make demo DEVICE=cuda` runs (tools/gpu_env.py).
+if os.environ.get("VLLM_FORK_DEVICE", "cpu") == "cpu":
+    PYTHON = str(VENV / "bin" / "python")
+    RUNAI_NEW_DIR = VENV / "runai-0.17.0"
+else:
+    PYTHON = sys.executable
+    RUNAI_NEW_DIR = BUILD / "runai-0.17.0-cuda"
 
 
 def inductor_cache(environ: dict, cpuinfo: str) -> Path:

@@ -1,19 +1,22 @@
-"""Start the real vLLM engine on CPU, read back what every rank loaded, and
+"""Start the real vLLM engine, read back what every rank loaded, and
 generate greedily.
 
-    python -m proof.generate MODEL_DIR LOADER OUT.json
+    python -m proof.generate MODEL_DIR LOADER [--reloads=N] OUT.json
 
-Every run uses the same engine settings (lab/engine.py): tensor
-parallel 2 on the mp executor, bfloat16, one core per worker. Only the loader
-(LOADERS) differs between a run and its reference, so the two can be compared
-exactly; a different parallel layout rounds differently and greedy tokens of a
-random tiny model flip on near-ties.
+Every run on a device uses the same engine settings (lab/engine.py): on CPU
+tensor parallel 2 on the mp executor, on a GPU tensor parallel 1; bfloat16
+everywhere. Only the loader (lab.engine.LOADERS) differs between a run and
+its reference, so the two can be compared exactly; a different parallel
+layout rounds differently and greedy tokens of a random tiny model flip on
+near-ties.
 
-Loaders: `auto` (the reference) and `runai-0.15.7-dist`: runai-model-streamer
-0.15.7 in distributed mode, over gloo, with the streamer's buffers made small
-enough that a tiny model reuses them. Run once per tree (see harness.py).
-Writes, per rank, a digest of every parameter right after loading (see
-proof/rankdigest.py), the generated token ids, and the settings it ran with.
+Run once per tree (see harness.py). Writes, per rank, a digest of every
+parameter right after loading (see proof/rankdigest.py), the generated
+token ids, and the settings it ran with. With --reloads=N the engine then
+reloads its weights in place N times, the way RL trainers do
+(`reload_weights`: layerwise reload of checkpoint-format weights), and after
+each reload records every rank's parameters, the tokens, and whether each
+Mamba layer's conv weights still alias its conv1d parameter.
 """
 
 from __future__ import annotations
@@ -22,27 +25,47 @@ import json
 import os
 import sys
 
-from lab.engine import ENGINE_ENV, MAX_TOKENS, PROMPTS, engine_args, recorded_env
+from lab.engine import MAX_TOKENS, PROMPTS, engine_args, engine_env, recorded_env
 
 
 def main() -> None:
-    model_dir, loader, out = sys.argv[1:4]
-    os.environ.update(ENGINE_ENV)
+    model_dir, loader, out = sys.argv[1], sys.argv[2], sys.argv[-1]
+    reloads = next((int(a.split("=", 1)[1]) for a in sys.argv[3:-1]
+                    if a.startswith("--reloads=")), 0)
+    os.environ.update(engine_env(loader))
     from vllm import LLM, SamplingParams
 
     args = engine_args(model_dir, loader)
     llm = LLM(**args)
     ranks = sorted(llm.collective_rpc("loaded_param_digests"), key=lambda r: r["rank"])
-    outputs = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS))
+    sampling = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
+    outputs = llm.generate(PROMPTS, sampling)
+    history = []
+    if reloads:
+        before = sorted(llm.collective_rpc("param_digests_now"), key=lambda r: r["rank"])
+        for i in range(reloads):
+            llm.collective_rpc("reload_weights")
+            now = sorted(llm.collective_rpc("param_digests_now"), key=lambda r: r["rank"])
+            tokens = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, sampling)]
+            history.append({
+                "reload": i + 1, "tokens": tokens,
+                "differing_per_rank": [sorted(n for n, d in r["params"].items()
+                                              if b["params"].get(n) != d)
+                                       for r, b in zip(now, before, strict=True)],
+                "alias_kept": all(r["mamba_alias_kept"] for r in now),
+            })
+    import runai_model_streamer
     import vllm
 
     result = {
         "engine_args": args,
         "env": recorded_env(),
         "vllm_file": vllm.__file__,
+        "runai_file": runai_model_streamer.__file__,
         "ranks": ranks,
         "tokens": [list(o.outputs[0].token_ids) for o in outputs],
         "text": [o.outputs[0].text for o in outputs],
+        "reloads": history,
     }
     with open(out, "w") as f:
         json.dump(result, f)

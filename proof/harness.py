@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from lab.engine import LOADER_KEYS
+from lab.engine import DEVICE, DEVICE_ARGS, DEVICE_LOADERS, LOADER_ENV_KEYS, LOADER_KEYS
 from lab.trees import RUNAI_NEW_DIR, TREES, run_module, streamer_memory_limit, tree_env
 from tools.common import ForkError
 
@@ -43,20 +43,25 @@ def processor_check(tree: str, model_dir: Path) -> dict:
                       f"processor check on {tree}")
 
 
-def generate(tree: str, model_dir: Path, loader: str) -> dict:
+def generate(tree: str, model_dir: Path, loader: str, reloads: int = 0) -> dict:
     """What the real engine loaded on every rank and generated (proof.generate),
-    for one tree and loader, on the kernel build vLLM detects."""
-    result = run_module("proof.generate", [model_dir, loader], tree_env(tree),
+    for one tree and loader, on the kernels vLLM detects; with reloads, also
+    after each of that many in-place reloads."""
+    args = [model_dir, loader] + ([f"--reloads={reloads}"] if reloads else [])
+    result = run_module("proof.generate", args, tree_env(tree, loader),
                         f"engine run {tree}/{loader}")
     if not result["vllm_file"].startswith(str(TREES[tree] / "vllm")):
         raise ForkError(f"{tree}: the engine imported vllm from {result['vllm_file']}")
+    if ("0.17.0" in loader) != result["runai_file"].startswith(str(RUNAI_NEW_DIR)):
+        raise ForkError(f"{loader}: the engine imported the streamer from {result['runai_file']}")
     return result
 
 
 def settings_besides_loader(result: dict) -> dict:
     """Everything an engine run was started with except its loader and tree."""
     args = {k: v for k, v in result["engine_args"].items() if k not in LOADER_KEYS}
-    return {"engine_args": args, "env": result["env"],
+    env = {k: v for k, v in result["env"].items() if k not in LOADER_ENV_KEYS}
+    return {"engine_args": args, "env": env,
             "kernels": [rank["kernels"] for rank in result["ranks"]]}
 
 
@@ -84,31 +89,72 @@ def differing_per_rank(result: dict, reference: dict) -> list[list[str]]:
                                                             strict=True)]
 
 
-# The engine runs every engine proof makes, in order: each tree with runai
-# distributed streaming and with `auto`, and `auto` on patched twice, so that
-# tokens count only when the reference repeats itself. Keyed as
-# lab/expectations.ENGINE_SCENARIOS names them.
-RUNAI_DIST = "runai-0.15.7-dist"
-ENGINE_RUNS = [("patched", "auto", "auto-tp2"), ("patched", "auto", "auto-tp2 (repeat)"),
-               ("patched", RUNAI_DIST, "runai-0.15.7-dist-tp2"),
-               ("base", "auto", "auto-tp2"), ("base", RUNAI_DIST, "runai-0.15.7-dist-tp2")]
+# The engine runs every engine proof makes, per device: for each model, each
+# tree with every streaming loader of the device and with `auto`, and `auto`
+# on patched twice, so that tokens count only when the reference repeats
+# itself. On a GPU, NemotronH is also reloaded in place (its reference is its
+# own first load). Scenarios are named as lab/expectations.py has them.
+ENGINE_MODELS = {"cpu": ["llama4"], "cuda": ["llama4", "nemotron_vl"]}
+RELOADS = 10
+# Engines started side by side: one GPU holds several tiny ones; two CPU
+# cores hold one at tensor parallel 2.
+SIDE_BY_SIDE = {"cpu": 1, "cuda": 10}
 
 
-def engine_runs(model_dir: Path, progress=None) -> dict[tuple[str, str], dict]:
-    """{(tree, scenario): result} of ENGINE_RUNS, each with its wall time;
-    progress(what) after each run."""
-    runs = {}
-    for tree, loader, scenario in ENGINE_RUNS:
+def tp_suffix(device: str = DEVICE) -> str:
+    return f"tp{DEVICE_ARGS[device]['tensor_parallel_size']}"
+
+
+def reload_scenario(device: str = DEVICE) -> str:
+    return f"layerwise-reload-x{RELOADS}-{tp_suffix(device)}"
+
+
+def engine_plan(device: str = DEVICE) -> list[tuple[str, str, str, str]]:
+    """(checkpoint, tree, loader, scenario) of every engine run, in order."""
+    tp, streaming = tp_suffix(device), DEVICE_LOADERS[device][1:]
+    plan = []
+    for model in ENGINE_MODELS[device]:
+        plan += [(model, "patched", "auto", f"auto-{tp}"),
+                 (model, "patched", "auto", f"auto-{tp} (repeat)"),
+                 (model, "base", "auto", f"auto-{tp}")]
+        plan += [(model, tree, loader, f"{loader}-{tp}")
+                 for tree in ("patched", "base") for loader in streaming]
+    if device == "cuda":
+        plan += [("nemotron_h", tree, "auto", reload_scenario(device))
+                 for tree in ("patched", "base")]
+    return plan
+
+
+def reference_key(model: str, tree: str, device: str = DEVICE) -> tuple[str, str, str]:
+    """The run a run is compared with: the same tree's `auto`."""
+    return (model, tree, f"auto-{tp_suffix(device)}")
+
+
+def engine_runs(checkpoint, plan: list | None = None, progress=None,
+                device: str = DEVICE) -> dict[tuple[str, str, str], dict]:
+    """{(checkpoint, tree, scenario): result} of the plan, each with its wall
+    time; checkpoint(kind) gives a checkpoint's directory; progress(what)
+    after each run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(step):
+        model, tree, loader, scenario = step
         start = time.monotonic()
-        result = generate(tree, model_dir, loader)
+        reloads = RELOADS if scenario == reload_scenario(device) else 0
+        result = generate(tree, checkpoint(model), loader, reloads)
         result["engine_run_s"] = round(time.monotonic() - start, 1)
-        runs[(tree, scenario)] = result
         if progress:
-            progress(f"llama4 engine TP=2 {scenario} on {tree}")
-    return runs
+            progress(f"{model} engine {scenario} on {tree}")
+        return (model, tree, scenario), result
+
+    plan = engine_plan(device) if plan is None else plan
+    with ThreadPoolExecutor(SIDE_BY_SIDE[device]) as pool:
+        return dict(pool.map(one, plan))
 
 
-def tokens_are_evidence(runs: dict[tuple[str, str], dict]) -> bool:
+def tokens_are_evidence(runs: dict[tuple[str, str, str], dict], model: str,
+                        device: str = DEVICE) -> bool:
     """Whether the reference repeats its tokens: otherwise tokens prove nothing."""
-    first, again = runs[("patched", "auto-tp2")], runs[("patched", "auto-tp2 (repeat)")]
+    first = runs[reference_key(model, "patched", device)]
+    again = runs[(model, "patched", f"auto-{tp_suffix(device)} (repeat)")]
     return first["tokens"] == again["tokens"]

@@ -23,7 +23,7 @@ import sys
 import time
 
 from lab.model import build_model, digest
-from lab.streams import Liveness
+from lab.streams import Liveness, force_streamer_views
 
 # name: load format. Which runai-model-streamer is imported is decided by
 # the harness (sys.path); the memory limit comes from the command line.
@@ -39,15 +39,6 @@ SCENARIOS = {
     # process changes the streamer's default; vLLM is untouched.
     "runai-0.17.0-views": "runai_streamer",
 }
-
-
-def force_streamer_views() -> None:
-    import functools
-
-    from runai_model_streamer import SafetensorsStreamer
-
-    SafetensorsStreamer.stream_files = functools.partialmethod(
-        SafetensorsStreamer.stream_files, owned=False)
 
 
 def run(model_dir: str, scenario: str, memory_limit: int) -> dict:

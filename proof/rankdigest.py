@@ -15,9 +15,12 @@ rounds differently.
 
 from __future__ import annotations
 
+import os
+
 from vllm.model_executor.model_loader import base_loader
 
 from lab.model import digest
+from lab.streams import force_streamer_views
 
 _LOADED: dict[str, str] = {}
 _process_weights_after_loading = base_loader.process_weights_after_loading
@@ -32,6 +35,9 @@ def _digest_then_process(model, model_config, target_device):
 # Only once per process, even if the module is imported again.
 if base_loader.process_weights_after_loading is _process_weights_after_loading:
     base_loader.process_weights_after_loading = _digest_then_process
+    # Part of the loader under test (lab/engine.LOADER_ENV), in every worker.
+    if os.environ.get("LAB_STREAMER_VIEWS") == "1":
+        force_streamer_views()
 
 
 def kernel_library() -> str:
@@ -51,3 +57,18 @@ class LoadedParamDigests:
             raise RuntimeError("no digests: the model was not loaded through BaseModelLoader")
         return {"rank": get_tensor_model_parallel_rank(), "kernels": kernel_library(),
                 "params": dict(_LOADED)}
+
+    def param_digests_now(self) -> dict:
+        """Every parameter as it is now (after reloads), and whether each
+        Mamba2 layer's conv weights still share storage with its conv1d
+        weight: the alias that layerwise reload must not break. Only on
+        devices that keep weights as loaded (GPUs)."""
+        from vllm.distributed import get_tensor_model_parallel_rank
+        from vllm.model_executor.layers.mamba.mamba_mixer2 import MambaMixer2
+
+        model = self.model_runner.get_model()
+        mixers = [m for m in model.modules() if isinstance(m, MambaMixer2)]
+        kept = all(m.conv_weights.untyped_storage().data_ptr()
+                   == m.conv1d.weight.untyped_storage().data_ptr() for m in mixers)
+        return {"rank": get_tensor_model_parallel_rank(), "mamba_alias_kept": kept,
+                "params": {name: digest(p) for name, p in model.named_parameters()}}

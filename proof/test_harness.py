@@ -1,6 +1,8 @@
 """Fast checks of how engine runs are compared (no engine started)."""
 
-from lab import engine
+import pytest
+
+from lab import engine, expectations, trees
 from proof import harness
 
 
@@ -13,10 +15,11 @@ def fake_run(loader: str, tp: int = 2, env: dict | None = None,
             "ranks": [{"rank": r, "kernels": kernels, "params": p} for r, p in enumerate(params)]}
 
 
-def test_every_loader_changes_only_the_loader_arguments():
-    reference = engine.engine_args("/m", "auto")
+def test_every_loader_changes_only_the_loader_arguments(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(tiny_safetensors())
+    reference = engine.engine_args(str(tmp_path), "auto")
     for loader in engine.LOADERS:
-        args = engine.engine_args("/m", loader)
+        args = engine.engine_args(str(tmp_path), loader)
         changed = {k for k in args.keys() | reference.keys() if args.get(k) != reference.get(k)}
         assert changed <= engine.LOADER_KEYS, (loader, changed)
 
@@ -41,3 +44,56 @@ def test_differing_parameters_are_named_per_rank():
     reference = fake_run("auto")
     run = fake_run("runai-0.15.7-dist", params=[{"a": "1", "b": "X"}, {"a": "3", "b": "4"}])
     assert harness.differing_per_rank(run, reference) == [["b"], []]
+
+
+@pytest.mark.parametrize("device", engine.DEVICES)
+def test_every_planned_run_differs_from_its_reference_only_in_the_loader(device, tmp_path):
+    """The CUDA mode makes the same comparisons as the CPU mode: for every
+    run of each device's plan, its engine arguments and environment and
+    those of its reference (the same tree's `auto`) differ in the loader
+    alone, and the table has an expectation for it."""
+    (tmp_path / "model.safetensors").write_bytes(tiny_safetensors())
+    loaders = {scenario: loader for _, _, loader, scenario in harness.engine_plan(device)}
+    for model, tree, loader, scenario in harness.engine_plan(device):
+        ref_model, ref_tree, ref_scenario = harness.reference_key(model, tree, device)
+        assert (ref_model, ref_tree) == (model, tree)
+        reference = engine.engine_args(str(tmp_path), loaders[ref_scenario], device)
+        args = engine.engine_args(str(tmp_path), loader, device)
+        changed = {k for k in args.keys() | reference.keys() if args.get(k) != reference.get(k)}
+        assert changed <= engine.LOADER_KEYS, (device, scenario, changed)
+        env, ref_env = engine.engine_env(loader, device), engine.engine_env("auto", device)
+        assert {k for k in env.keys() | ref_env.keys()
+                if env.get(k) != ref_env.get(k)} <= engine.LOADER_ENV_KEYS
+        expectations.expected(f"{model} (engine)", scenario, tree)
+    assert engine.DEVICE_ARGS[device]["tensor_parallel_size"] == {"cpu": 2, "cuda": 1}[device]
+
+
+def test_the_cuda_plan_covers_both_models_every_loader_and_the_reload():
+    plan = harness.engine_plan("cuda")
+    for model in ("llama4", "nemotron_vl"):
+        for tree in ("base", "patched"):
+            assert {loader for m, t, loader, _ in plan if (m, t) == (model, tree)} == set(
+                engine.DEVICE_LOADERS["cuda"])
+    assert {t for m, t, _, s in plan if m == "nemotron_h"} == {"base", "patched"}
+    assert len(plan) == len(set((m, t, s) for m, t, _, s in plan))
+
+
+def test_streamer_limits_are_filled_in_per_checkpoint(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(tiny_safetensors())
+    args = engine.engine_args(str(tmp_path), "runai-0.15.7-reuse", "cuda")
+    limit = args["model_loader_extra_config"]["memory_limit"]
+    assert limit == trees.largest_tensor_bytes(tmp_path) + 64 * 1024
+    assert engine.LOADERS["runai-0.15.7-reuse"]["model_loader_extra_config"]["memory_limit"] is None
+
+
+def tiny_safetensors() -> bytes:
+    """A safetensors file of a few tensors, large enough for a reused buffer."""
+    import json
+    import struct
+
+    header, offset = {}, 0
+    for i, size in enumerate((131072, *[65536] * 6)):
+        header[f"t{i}"] = {"dtype": "U8", "shape": [size], "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + bytes(offset)

@@ -51,10 +51,15 @@ from tools.common import (
     say,
     tree_lock,
 )
-from tools.env import CUDA_FILES, LOCK, VENV, run, run_showing_progress
+from tools.env import CUDA_FILES, LOCK, RUNAI_NEW, VENV, run, run_showing_progress
 from tools.fetch import cuda_pin, fetch_cuda_wheel, fetch_sdist, sha256_of, verify
 
 CUDA_VENV = ROOT / ".venv-cuda"
+# The interpreter the install went into, for `make demo DEVICE=cuda`.
+GPU_PYTHON = BUILD / "gpu-python"
+# runai-model-streamer 0.17.0 beside the locked 0.15.7, as on CPU; the proofs
+# put it on sys.path for the scenarios that name it (lab/trees.py).
+RUNAI_NEW_DIR = BUILD / "runai-0.17.0-cuda"
 # Files of a wheelhouse that are not packages.
 SUMS, LOCKFILE, ABOUT = "SHA256SUMS", "requirements.txt", "wheelhouse.json"
 # What use_existing_torch.py rewrites; put back after the install.
@@ -205,12 +210,13 @@ def wheel_pin(filename: str) -> tuple[str, str]:
     return normalized(m["name"]), m["version"]
 
 
-def lock_text(files: dict[str, str], kernels_wheel: str) -> str:
+def lock_text(files: dict[str, str], kernels_wheel: str, beside: str = "") -> str:
     """requirements.txt of a wheelhouse: every package but vLLM itself (the
-    tree is installed from source), exactly one version, with its hash."""
+    tree is installed from source) and the streamer installed beside the
+    locked one, exactly one version, with its hash."""
     lines, seen = [], {}
     for filename, digest in sorted(files.items()):
-        if filename == kernels_wheel or not filename.endswith(".whl"):
+        if filename in (kernels_wheel, beside) or not filename.endswith(".whl"):
             continue
         name, version = wheel_pin(filename)
         if name in seen and seen[name] != version:
@@ -246,6 +252,9 @@ def verify_wheelhouse(wheelhouse: Path, pin: dict, python: str) -> dict:
                             f"({SUMS})\n  actual   {actual}\nCopy the wheelhouse again.")
     verify(wheelhouse / about["kernels_wheel"], cuda_pin(pin)["wheel_sha256"])
     verify(wheelhouse / about["sdist"], pin["upstream"]["sdist_sha256"])
+    if not about.get("streamer_beside"):
+        raise ForkError(f"{wheelhouse} has no runai-model-streamer 0.17.0 for the proofs "
+                        "(made by an older version of this tooling): make it again")
     have = python_version(python)
     if about["python"] != have:
         raise ForkError(f"{wheelhouse} was made for Python {about['python']}, this is "
@@ -276,11 +285,16 @@ def make_wheelhouse(dest: Path, python: str) -> None:
         "-d", str(partial), "-c", str(constraints()),
         "-r", str(TREE / "requirements" / "build" / "cuda.txt"),
         "-r", str(TREE / "requirements" / "cuda.txt"), *torch_pins, streamer_requirement()])
+    before = {p.name for p in partial.iterdir()}
+    run([python, "-m", "pip", "download", "--only-binary", ":all:", "--no-deps",
+         "--progress-bar", "off", "-d", str(partial), RUNAI_NEW])
+    beside = (({p.name for p in partial.iterdir()} - before) or {""}).pop()
     for path in (wheel, sdist):
         shutil.copy2(path, partial / path.name)
     files = {p.name: sha256_of(p) for p in sorted(partial.iterdir())}
-    (partial / LOCKFILE).write_text(lock_text(files, wheel.name))
+    (partial / LOCKFILE).write_text(lock_text(files, wheel.name, beside))
     about = {"python": python_version(python), "kernels_wheel": wheel.name, "sdist": sdist.name,
+             "streamer_beside": beside,
              "pin": {"sdist_sha256": pin["upstream"]["sdist_sha256"],
                      "cuda_wheel_sha256": cuda_pin(pin)["wheel_sha256"]}}
     (partial / ABOUT).write_text(json.dumps(about, indent=1) + "\n")
@@ -398,6 +412,11 @@ def install(python: str | None, existing_torch: str | None, wheelhouse: Path | N
             f"{BASE_TREE.relative_to(ROOT)} (`make env` takes them out again)")
     if not wheelhouse:
         run_showing_progress(pip(target, streamer_requirement()))
+    beside = str(wheelhouse / about["streamer_beside"]) if about else RUNAI_NEW
+    say(f"installing {RUNAI_NEW} into {RUNAI_NEW_DIR.relative_to(ROOT)} (beside the locked one)")
+    run_showing_progress(pip(target, "--no-deps", "--upgrade", "--target", str(RUNAI_NEW_DIR),
+                             beside, wheelhouse=wheelhouse))
+    GPU_PYTHON.write_text(target + "\n")
     if about:
         say(f"installed from {wheelhouse} (Python {about['python']})")
     return target

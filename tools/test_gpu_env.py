@@ -16,6 +16,7 @@ from tools.common import ForkError, git
 from tools.fetch import cuda_pin
 
 SDIST, KERNELS = "vllm-0.21.0.tar.gz", "vllm-0.21.0-1-cp38-abi3-manylinux_2_24_x86_64.whl"
+BESIDE = "runai_model_streamer-0.17.0-py3-none-manylinux_2_30_x86_64.whl"
 PACKAGES = {
     "torch-2.11.0-cp311-cp311-manylinux_2_28_x86_64.whl": b"torch",
     "huggingface_hub-1.10.2-py3-none-any.whl": b"hub",
@@ -36,13 +37,14 @@ def wheelhouse(tmp_path):
     """A wheelhouse as `make_wheelhouse` lays it out, and the pin it matches."""
     dest = tmp_path / "wh"
     dest.mkdir()
-    files = {**PACKAGES, SDIST: b"sdist", KERNELS: b"kernels"}
+    files = {**PACKAGES, SDIST: b"sdist", KERNELS: b"kernels", BESIDE: b"runai new"}
     for name, data in files.items():
         (dest / name).write_bytes(data)
     digests = {name: sha(data) for name, data in files.items()}
-    (dest / gpu_env.LOCKFILE).write_text(gpu_env.lock_text(digests, KERNELS))
+    (dest / gpu_env.LOCKFILE).write_text(gpu_env.lock_text(digests, KERNELS, BESIDE))
     (dest / gpu_env.ABOUT).write_text(json.dumps(
-        {"python": this_python(), "kernels_wheel": KERNELS, "sdist": SDIST}))
+        {"python": this_python(), "kernels_wheel": KERNELS, "sdist": SDIST,
+         "streamer_beside": BESIDE}))
     for name in (gpu_env.LOCKFILE, gpu_env.ABOUT):
         digests[name] = sha((dest / name).read_bytes())
     (dest / gpu_env.SUMS).write_text("".join(f"{d}  {n}\n" for n, d in sorted(digests.items())))
@@ -79,6 +81,9 @@ def test_the_lock_lists_every_package_once_with_its_hash_but_not_vllm(wheelhouse
     assert f"torch==2.11.0 --hash=sha256:{sha(b'torch')}" in lines
     assert len(lines) == len(PACKAGES)
     assert not any(line.startswith("vllm") for line in lines)
+    # The streamer installed beside the locked one is no second version in the lock.
+    assert [line for line in lines if line.startswith("runai")] == [
+        f"runai-model-streamer==0.15.7 --hash=sha256:{sha(b'runai')}"]
 
 
 def test_the_lock_refuses_two_versions_of_a_package():
@@ -120,6 +125,19 @@ def test_a_wheelhouse_whose_pinned_files_differ_from_the_pin_is_refused(wheelhou
     dest, pin = wheelhouse
     pin["cuda_kernels"]["wheel_sha256"] = "0" * 64
     with pytest.raises(ForkError, match="sha256 mismatch"):
+        gpu_env.verify_wheelhouse(dest, pin, sys.executable)
+
+
+def test_a_wheelhouse_without_the_streamer_beside_is_refused(wheelhouse):
+    dest, pin = wheelhouse
+    about = json.loads((dest / gpu_env.ABOUT).read_text())
+    del about["streamer_beside"]
+    (dest / gpu_env.ABOUT).write_text(json.dumps(about))
+    sums = (dest / gpu_env.SUMS).read_text().splitlines()
+    sums = [line for line in sums if not line.endswith(gpu_env.ABOUT)]
+    sums.append(f"{sha((dest / gpu_env.ABOUT).read_bytes())}  {gpu_env.ABOUT}")
+    (dest / gpu_env.SUMS).write_text("\n".join(sums) + "\n")
+    with pytest.raises(ForkError, match="runai-model-streamer 0.17.0"):
         gpu_env.verify_wheelhouse(dest, pin, sys.executable)
 
 
