@@ -62,6 +62,10 @@ PROJECTED = {
     "Llama-4-Maverick-17B-128E (400B params)": (400e9 * 2, 128 * 5120 * 16384 * 2),
 }
 PROJECTED_TP = 8
+# runai-model-streamer's own memory limit in plain mode when none is given
+# (runai_model_streamer/file_streamer/requests_iterator.py); in distributed
+# mode it is unlimited unless RUNAI_STREAMER_MEMORY_LIMIT is set.
+RUNAI_DEFAULT_LIMIT = 40e9
 
 
 def measure(tree: str, model: Path, load_format: str, memory_limit: int,
@@ -149,9 +153,13 @@ def projection(tp2: dict, checkpoint_bytes: int) -> list[dict]:
         floor = 3 * largest
         base = PROJECTED_TP * base_share * size
         fork = PROJECTED_TP * fork_over_floor * floor
+        # With runai's default limit, an engine that consumes more slowly than
+        # the streamer reads lets the read-ahead fill the limit in every worker.
+        fork_default = PROJECTED_TP * (min(RUNAI_DEFAULT_LIMIT, size) + largest)
         rows.append({"model": model, "tp": PROJECTED_TP, "checkpoint_bytes": size,
                      "largest_tensor_bytes": largest, "base_host_bytes": base,
-                     "fork_host_bytes": fork, "base_over_fork": base / fork})
+                     "fork_host_bytes": fork, "base_over_fork": base / fork,
+                     "fork_default_limit_host_bytes": fork_default})
     return rows
 
 
@@ -218,11 +226,20 @@ def write_table(results: dict, path: Path) -> None:
               "measured share of the checkpoint in every worker; the fork holds its measured "
               "multiple of the floor (a streamer buffer of twice the largest tensor, plus one "
               "tensor). Parameters themselves are not counted.", "",
-              "| model | checkpoint | largest tensor | base | fork | base / fork |",
-              "|---|---|---|---|---|---|"]
+              "*The fork column assumes a bounded streamer*: `memory_limit` (or "
+              "`RUNAI_STREAMER_MEMORY_LIMIT`) of twice the largest tensor. With runai's "
+              f"default ({RUNAI_DEFAULT_LIMIT / 1e9:.0f} GB per worker in plain mode, unlimited "
+              "in distributed mode) the streamer may read ahead up to its limit whenever the "
+              "engine consumes more slowly than it reads, which on GPUs it does "
+              "(docs/benchmarks-gpu.md); the last column is that worst case, per worker the "
+              "default limit plus one tensor.", "",
+              "| model | checkpoint | largest tensor | base | fork, bounded streamer "
+              "| base / fork | fork, runai default limit (worst case) |",
+              "|---|---|---|---|---|---|---|"]
     lines += [f"| {p['model']} | {p['checkpoint_bytes'] / GIB:.0f} GiB | "
               f"{p['largest_tensor_bytes'] / GIB:.2f} GiB | {p['base_host_bytes'] / GIB:.0f} GiB | "
-              f"{p['fork_host_bytes'] / GIB:.0f} GiB | {p['base_over_fork']:.1f} |"
+              f"{p['fork_host_bytes'] / GIB:.0f} GiB | {p['base_over_fork']:.1f} | "
+              f"{p['fork_default_limit_host_bytes'] / GIB:.0f} GiB |"
               for p in r["projection"]]
     lines += ["", f"![memory over time]({DOCS_CHART.name})", ""]
     path.parent.mkdir(exist_ok=True)
