@@ -239,8 +239,10 @@ def decide(v: Verdict) -> None:
     """The verdict from the evidence judge() gathered, and what it rests on.
 
     carried:    its tests fail on the new release without the fix, pass with it;
-    upstreamed: they pass on the new release without the fix, and fail on the
-                current base (so they do test the bug);
+    upstreamed: they pass on the new release without the fix, and those that
+                test the bug fail on the current base (a test that passes on
+                both, such as a reference load, is named and judges nothing;
+                if none fails on the current base, nothing is shown);
     conflict:   it does not apply (nor do its tests, if that is where it stops);
     broken:     it applies, but its tests fail with the fix;
     untested:   nothing can judge it: no test file, no new test function, every
@@ -266,10 +268,13 @@ def decide(v: Verdict) -> None:
         return
     if all(v.without_fix[t] == "passed" for t in judged):
         on_base = [t for t in judged if v.on_current_base.get(t) == "failed"]
-        if v.on_current_base and len(on_base) == len(judged):
+        if v.on_current_base and on_base:
             v.verdict = "upstreamed"
-            v.note = ("its tests pass on the new release without the fix and fail on the "
-                      "current base")
+            v.note = ("its tests pass on the new release without the fix, and "
+                      f"{', '.join(on_base)} fail on the current base")
+            if len(on_base) < len(judged):
+                v.note += ("; " + ", ".join(t for t in judged if t not in on_base)
+                           + " pass on both and judge nothing")
         elif not v.on_current_base:
             v.verdict = "untested"
             v.note = ("its tests pass on the new release without the fix, but were not run "

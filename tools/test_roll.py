@@ -242,6 +242,22 @@ def test_tests_that_pass_on_both_bases_do_not_make_a_patch_upstreamed(misleading
     assert g.verdict == "untested" and "prove nothing" in g.note
 
 
+def test_a_reference_test_that_passes_on_both_bases_does_not_hide_an_upstream_fix():
+    # The bug's test fails on the current base and passes on the new release;
+    # the patch's reference test passes everywhere and is named as no evidence.
+    v = roll.Verdict(patch="p.patch", applies="conflict", tests_from="whole files",
+                     new_tests=["test_bug", "test_reference"],
+                     without_fix={"test_bug": "passed", "test_reference": "passed"},
+                     on_current_base={"test_bug": "failed", "test_reference": "passed"})
+    roll.decide(v)
+    assert v.verdict == "upstreamed"
+    assert "test_bug fail on the current base" in v.note
+    assert "test_reference pass on both and judge nothing" in v.note
+    v.on_current_base = {"test_bug": "passed", "test_reference": "passed"}
+    roll.decide(v)
+    assert v.verdict == "untested" and "prove nothing" in v.note
+
+
 def test_every_verdict_says_what_it_rests_on(upstreams):
     verdicts = run_roll(upstreams, "2.0")
     assert all(v.note for v in verdicts), verdicts
