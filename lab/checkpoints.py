@@ -30,7 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tools.common import CACHE, TREE, VENV, ForkError, main_wrapper, read_json, run  # noqa: E402
+from lab.trees import PYTHON  # noqa: E402
+from tools.common import CACHE, TREE, ForkError, main_wrapper, read_json, run  # noqa: E402
 
 # Checkpoints of other versions of this file, unused this long, are deleted.
 STALE_AFTER_S = 7 * 24 * 3600
@@ -288,7 +289,9 @@ def ensure(kind: str) -> Path:
     partial.mkdir(parents=True)
     print(f"==> generating the {kind} checkpoint", file=sys.stderr, flush=True)
     env = {**os.environ, "PYTHONPATH": f"{TREE}:{ROOT}", "HF_HUB_OFFLINE": "1"}
-    run([VENV / "bin" / "python", "-m", "lab.checkpoints", "--generate", kind, partial],
+    # The interpreter of the proofs: .venv on CPU, the GPU environment's on a
+    # GPU node (make demo DEVICE=cuda), so a GPU node needs no CPU venv.
+    run([PYTHON, "-m", "lab.checkpoints", "--generate", kind, partial],
         f"generating the {kind} checkpoint", env=env, cwd=ROOT)
     (partial / "manifest.json").write_text(json.dumps(_manifest(partial), indent=1))
     partial.rename(dest)
