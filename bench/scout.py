@@ -59,12 +59,11 @@ def generate(dest: Path) -> None:
     in memory at a time."""
     import torch
     from safetensors.torch import save_file
-    from transformers import Llama4Config, Llama4ForConditionalGeneration
+    from transformers import Llama4ForConditionalGeneration
 
-    top = TEXT["vocab_size"]
-    config = Llama4Config(text_config=TEXT, vision_config=VISION, image_token_index=top - 12,
-                          boi_token_index=top - 11, eoi_token_index=top - 10)
-    config.torch_dtype = "bfloat16"
+    from lab.checkpoints import _llama4_config, _tiny_tokenizer
+
+    config = _llama4_config(TEXT, VISION)
     with torch.device("meta"):
         model = Llama4ForConditionalGeneration(config)
     config.save_pretrained(dest)
@@ -89,8 +88,6 @@ def generate(dest: Path) -> None:
         del tensors
     (dest / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
-    from lab.checkpoints import _tiny_tokenizer
-
     _tiny_tokenizer(dest, 512)
 
 

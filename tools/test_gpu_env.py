@@ -128,28 +128,28 @@ def test_a_wheelhouse_whose_pinned_files_differ_from_the_pin_is_refused(wheelhou
         gpu_env.verify_wheelhouse(dest, pin, sys.executable)
 
 
-def test_a_wheelhouse_without_the_streamer_beside_is_refused(wheelhouse):
-    dest, pin = wheelhouse
+def rewrite_about(dest, change) -> None:
+    """Change wheelhouse.json and list its new hash, as a tampered but
+    self-consistent wheelhouse would."""
     about = json.loads((dest / gpu_env.ABOUT).read_text())
-    del about["streamer_beside"]
+    change(about)
     (dest / gpu_env.ABOUT).write_text(json.dumps(about))
-    sums = (dest / gpu_env.SUMS).read_text().splitlines()
-    sums = [line for line in sums if not line.endswith(gpu_env.ABOUT)]
+    sums = [line for line in (dest / gpu_env.SUMS).read_text().splitlines()
+            if not line.endswith(gpu_env.ABOUT)]
     sums.append(f"{sha((dest / gpu_env.ABOUT).read_bytes())}  {gpu_env.ABOUT}")
     (dest / gpu_env.SUMS).write_text("\n".join(sums) + "\n")
+
+
+def test_a_wheelhouse_without_the_streamer_beside_is_refused(wheelhouse):
+    dest, pin = wheelhouse
+    rewrite_about(dest, lambda about: about.pop("streamer_beside"))
     with pytest.raises(ForkError, match="runai-model-streamer 0.17.0"):
         gpu_env.verify_wheelhouse(dest, pin, sys.executable)
 
 
 def test_a_wheelhouse_for_another_python_is_refused(wheelhouse):
     dest, pin = wheelhouse
-    about = json.loads((dest / gpu_env.ABOUT).read_text())
-    about["python"] = "2.7"
-    (dest / gpu_env.ABOUT).write_text(json.dumps(about))
-    sums = (dest / gpu_env.SUMS).read_text().splitlines()
-    sums = [line for line in sums if not line.endswith(gpu_env.ABOUT)]
-    sums.append(f"{sha((dest / gpu_env.ABOUT).read_bytes())}  {gpu_env.ABOUT}")
-    (dest / gpu_env.SUMS).write_text("\n".join(sums) + "\n")
+    rewrite_about(dest, lambda about: about.update(python="2.7"))
     with pytest.raises(ForkError, match="made for Python 2.7"):
         gpu_env.verify_wheelhouse(dest, pin, sys.executable)
 
