@@ -3,7 +3,9 @@
 #   make test   every test: tooling, series lint, upstream tests, integration
 # On a GPU node, after `make gpu-env`: make demo DEVICE=cuda, make bench DEVICE=cuda.
 PY := .venv/bin/python
-GPU_PY = $$(cat build/gpu-python 2>/dev/null || echo "no-gpu-env: run make gpu-env first")
+# The GPU environment's interpreter, written by `make gpu-env`; without it,
+# one line that says so and a failed target.
+GPU_PY = $$(cat build/gpu-python 2>/dev/null || { echo "error: no GPU environment here: run make gpu-env first" >&2; echo false; })
 ON_CPU := $(if $(filter cuda,$(DEVICE)),,env)
 
 .PHONY: demo test bench audit tree export check check-all env lock roll gpu-env gpu-wheelhouse

@@ -21,10 +21,8 @@ page from the committed JSON; bench/test_gpu.py checks that they agree).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +32,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lab import trees  # noqa: E402
-from tools.common import BUILD, ROOT, ForkError, main_wrapper, read_json, root_cause, say  # noqa: E402
+from tools.common import (  # noqa: E402
+    BUILD,
+    ROOT,
+    ForkError,
+    main_wrapper,
+    read_json,
+    root_cause,
+    say,
+    stop_group,
+)
 
 OUT = BUILD / "bench" / "results-cuda.json"
 DOCS = ROOT / "docs" / "benchmarks-gpu.md"
@@ -42,6 +49,10 @@ DOCS_JSON = ROOT / "docs" / "benchmarks-gpu.json"
 GIB = 1024 ** 3
 BOUNDED_TENSORS = 3
 SAMPLE_EVERY_S = 0.01
+# One engine start and load of the slice; far above the slowest seen (about 140 s).
+LOAD_TIMEOUT_S = 900
+# A stopped run's processes must release their memory before the next run starts.
+DRAIN_TIMEOUT_S = 60
 # (label, tree, load format, limit): "default" is runai's own limit.
 RUNS = [("auto", "patched", "auto", "default"),
         ("base, runai default limit", "base", "runai_streamer", "default"),
@@ -89,15 +100,27 @@ def measured_run(tree: str, model: Path, load_format: str, limit: str, omp: str)
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            code = proc.wait(timeout=900)
-            stop.set()
-            sampler.join()
-            # The driver leaves with os._exit: its engine core would live on,
-            # holding GPU and host memory, into the next run.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            while tree_anon_bytes(proc.pid):
-                time.sleep(0.5)
+            try:
+                code = proc.wait(timeout=LOAD_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                code = None
+            finally:
+                stop.set()
+                sampler.join()
+                # The driver leaves with os._exit, and one that timed out is
+                # still running: either way its engine core would live on,
+                # holding GPU and host memory, into the next run.
+                stop_group(proc, grace_s=0)
+                drained = time.monotonic() + DRAIN_TIMEOUT_S
+                while tree_anon_bytes(proc.pid):
+                    if time.monotonic() > drained:
+                        raise ForkError(f"processes of session {proc.pid} outlived their bench "
+                                        f"run by {DRAIN_TIMEOUT_S} s; stop them before the next")
+                    time.sleep(0.5)
+        if code is None:
+            raise ForkError(f"bench load {tree}/{load_format}/{limit} did not finish in "
+                            f"{LOAD_TIMEOUT_S} s and was stopped:\n"
+                            + "\n".join(log.read_text(errors="replace").splitlines()[-20:]))
         result = read_json(out) if code == 0 else None
         if result is None:
             text = log.read_text(errors="replace")

@@ -33,3 +33,31 @@ def test_the_sampler_sums_every_process_of_a_session():
     finally:
         os.killpg(proc.pid, 9)
         proc.wait()
+
+
+HANGING_LOAD = """#!/bin/sh
+# An engine core in the driver's session, and a driver that never finishes.
+sleep 300 &
+echo $! > "{pid_file}"
+sleep 300
+"""
+
+
+def test_a_load_past_its_limit_is_stopped_with_its_engine(tmp_path, monkeypatch):
+    import pytest
+
+    from lab import trees
+    from tools.common import ForkError
+
+    fake = tmp_path / "python"
+    fake.write_text(HANGING_LOAD.format(pid_file=tmp_path / "engine.pid"))
+    fake.chmod(0o755)
+    monkeypatch.setattr(trees, "PYTHON", str(fake))
+    monkeypatch.setattr(gpu, "LOAD_TIMEOUT_S", 2)
+    monkeypatch.setattr(gpu, "DRAIN_TIMEOUT_S", 5)
+    with pytest.raises(ForkError, match=r"did not finish in 2 s and was stopped"):
+        gpu.measured_run("patched", tmp_path, "auto", "default", "1")
+    engine = int((tmp_path / "engine.pid").read_text())
+    assert not os.path.exists(f"/proc/{engine}") or open(
+        f"/proc/{engine}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", \
+        "the engine of a load that timed out was left running"

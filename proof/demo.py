@@ -11,8 +11,6 @@ equal those of a server started with `--load-format auto`.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +21,7 @@ from pathlib import Path
 
 from lab import checkpoints, engine, expectations, trees
 from proof import harness
-from tools.common import BUILD, TREE, ForkError, main_wrapper, root_cause, say
+from tools.common import BUILD, TREE, ForkError, main_wrapper, root_cause, say, stop_group
 
 OUT = BUILD / "demo" / "results.json"
 LOAD_SCENARIOS = expectations.LOAD_SCENARIOS
@@ -233,13 +231,9 @@ def serve_and_ask(model: Path, loader: str, log: Path) -> dict:
         return {"flags": flags, "completion": completion["choices"][0]["text"],
                 "chat": chat["choices"][0]["message"]["content"], "pid": server.pid}
     finally:
-        # Stop the server and its workers by process group.
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        # The server and its workers, by process group; a server that died
+        # keeps the error above as the one reported.
+        stop_group(server)
 
 
 # The streaming loader each device serves with, against `auto`.

@@ -328,6 +328,21 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def stop_group(proc: subprocess.Popen, grace_s: float = 60) -> None:
+    """Stop a process started with start_new_session and everything in its
+    group: SIGTERM, then SIGKILL after grace_s. A group that is already gone
+    is no error: the caller's own error (why the process died) must be the
+    one the user sees."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    # The leader may be gone while its children (an engine core) live on.
+    _kill_group(proc)
+
+
 # -- entry points ---------------------------------------------------------------
 
 DEBUG_ENV = "VLLM_FORK_DEBUG"

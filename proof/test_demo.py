@@ -1,0 +1,53 @@
+"""The demo's servers fail with their own root cause, and leave nothing
+running (injected: a `vllm serve` that dies at start, as one did on a GPU
+node that lacked uvicorn). No engine starts."""
+
+import time
+
+import pytest
+
+from lab import trees
+from proof import demo
+from proof.test_harness import tiny_safetensors
+from tools.common import ForkError
+
+DYING_SERVER = """#!/bin/sh
+{worker}
+echo "ModuleNotFoundError: No module named 'uvicorn'" >&2
+exit 1
+"""
+# A worker in the server's process group that outlives the server.
+WORKER = 'sleep 300 & echo $! > "{pid_file}"'
+
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("leaves_a_worker", [False, True], ids=["alone", "with-worker"])
+def test_a_server_that_dies_is_reported_with_its_root_cause_and_its_group_stopped(
+        tmp_path, monkeypatch, leaves_a_worker):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(tiny_safetensors())
+    fake = tmp_path / "python"
+    worker = WORKER.format(pid_file=tmp_path / "worker.pid") if leaves_a_worker else ""
+    fake.write_text(DYING_SERVER.format(worker=worker))
+    fake.chmod(0o755)
+    monkeypatch.setattr(trees, "PYTHON", str(fake))
+    with pytest.raises(ForkError) as failed:
+        demo.serve_and_ask(model, "auto", tmp_path / "serve.log")
+    assert "No module named 'uvicorn'" in str(failed.value)
+    assert "No such process" not in str(failed.value)
+    if not leaves_a_worker:
+        return
+    worker = int((tmp_path / "worker.pid").read_text())
+    deadline = time.monotonic() + 10
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(worker), "the dead server's worker was left running"
