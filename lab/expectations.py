@@ -10,8 +10,10 @@ Outcomes:
                 greedy tokens too where they are evidence;
 - corrupted:    on every rank some parameter differs from the reference (the
                 bug shows);
-- materializes: values identical, but the load holds (nearly) every streamed
-                tensor alive at once: the whole checkpoint in host memory.
+- materializes: values identical, but the load holds more of the stream in
+                host memory than it may (lab/streams.Liveness: the groups
+                buffered by design plus twice the largest tensor): with a
+                copying loader, the checkpoint in host memory.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ EXPECTED: dict[tuple[str, str], dict[str, str]] = {
     **{(model, scenario): {"base": CORRUPTED, "patched": IDENTICAL}
        for model in ("llama4", "nemotron_vl")
        for scenario in ("runai-0.15.7-reuse", "runai-0.17.0-views")},
-    # Private copies load correct values on both trees; base Llama 4 holds them all.
+    # Private copies load correct values on both trees; base Llama 4 holds
+    # them. (Base Nano VL lists them too, but the tiny checkpoint's language
+    # model is smaller than twice its largest vision tensor: its bytes do not
+    # tell. The patch's own test uses a checkpoint where they do.)
     ("llama4", "runai-0.17.0-copy"): {"base": MATERIALIZES, "patched": IDENTICAL},
     ("nemotron_vl", "runai-0.17.0-copy"): {"base": IDENTICAL, "patched": IDENTICAL},
     **{("llama4 (engine)", scenario): {"base": IDENTICAL, "patched": IDENTICAL}
@@ -56,10 +61,9 @@ EXPECTED: dict[tuple[str, str], dict[str, str]] = {
     ("nemotron_h (engine)", "layerwise-reload-x10-tp1"): {"base": CORRUPTED, "patched": IDENTICAL},
 }
 
-# A streaming load that keeps at most this many tensors alive streams; one that
-# keeps all but this many materializes.
-STREAMS_AT_MOST = 4
-MATERIALIZES_ABOVE_ALL_BUT = 2
+# Where a load's host memory is judged: the copy-returning loader, whose every
+# tensor is the load's own. (A reused buffer is judged by its corruption.)
+HELD_BYTES_JUDGED = ("runai-0.17.0-copy",)
 
 
 def expected(model: str, scenario: str, tree: str) -> str:
@@ -70,14 +74,14 @@ def expected(model: str, scenario: str, tree: str) -> str:
 
 
 def problems(model: str, scenario: str, tree: str, differing_per_rank: list[int],
-             tokens_identical: bool | None = None, peak_alive: int | None = None,
-             streamed: int | None = None) -> list[str]:
+             tokens_identical: bool | None = None,
+             overheld_steps: int | None = None) -> list[str]:
     """How a run falls short of its expectation; [] when it meets it.
 
     differing_per_rank: how many parameters differ from the reference on each
     rank (one entry for an in-process load). tokens_identical: None when
-    tokens are no evidence. peak_alive, streamed: the load's liveness, where
-    it was measured."""
+    tokens are no evidence. overheld_steps: the steps of the load that held
+    more of the stream than allowed, where that was measured."""
     want = expected(model, scenario, tree)
     found = []
     if want == CORRUPTED:
@@ -91,11 +95,11 @@ def problems(model: str, scenario: str, tree: str, differing_per_rank: list[int]
         found.append(f"expected every parameter identical, {differing_per_rank} differ")
     if tokens_identical is False:
         found.append("expected the reference's tokens, found others")
-    if peak_alive is not None and streamed is not None and scenario != "auto":
-        if want == MATERIALIZES and peak_alive < streamed - MATERIALIZES_ABOVE_ALL_BUT:
-            found.append(f"expected the load to hold (nearly) all {streamed} streamed "
-                         f"tensors at once, it held at most {peak_alive}")
-        if want == IDENTICAL and tree == "patched" and peak_alive > STREAMS_AT_MOST:
-            found.append(f"expected at most {STREAMS_AT_MOST} streamed tensors alive at "
-                         f"once, found {peak_alive}")
+    if overheld_steps is not None and scenario in HELD_BYTES_JUDGED:
+        if want == MATERIALIZES and not overheld_steps:
+            found.append("expected the load to hold more of the stream than allowed, "
+                         "it never did")
+        if want == IDENTICAL and overheld_steps:
+            found.append(f"expected the load to hold no more of the stream than allowed, "
+                         f"{overheld_steps} steps did")
     return found

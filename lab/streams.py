@@ -17,6 +17,7 @@ Only torch here, so the unit tests (audit/test_audit.py) run it on toy loaders.
 
 from __future__ import annotations
 
+import gc
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 
@@ -26,6 +27,36 @@ Weights = Iterable[tuple[str, torch.Tensor]]
 
 # 0xFF bytes: NaN in every floating format, -1 in every signed integer.
 SENTINEL_BYTE = 0xFF
+# What the fixed models keep, by design, until their language model is loaded:
+# Llama 4's vision tower and projector, Nano VL's vision, projector and sound.
+BUFFERED_BY_DESIGN = ("vision_model.", "multi_modal_projector.", "mlp1.", "sound_encoder.")
+
+
+def host_storages(exclude: set[int] = frozenset()) -> dict[int, int]:
+    """{data pointer: bytes} of every CPU tensor storage alive in this
+    process, found through the garbage collector's objects (tensors and
+    untyped storages), less those in `exclude`. Views share their storage
+    and count once."""
+    storages = {}
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+                storage = obj.untyped_storage()
+            elif isinstance(obj, torch.UntypedStorage) and obj.device.type == "cpu":
+                storage = obj
+            else:
+                continue
+            ptr = storage.data_ptr()
+        except (RuntimeError, NotImplementedError):
+            continue  # sparse and other storage-less tensors
+        if ptr and ptr not in exclude:
+            storages[ptr] = storage.nbytes()
+    return storages
+
+
+def storages_of(module: torch.nn.Module) -> set[int]:
+    return {t.untyped_storage().data_ptr()
+            for t in [*module.parameters(), *module.buffers()] if t.device.type == "cpu"}
 
 
 def private_copies(source: Callable[[], Weights]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -54,25 +85,47 @@ class Liveness:
     that keeps only a view of a yielded tensor is missed here, and caught by
     the reused buffer instead."""
 
-    def __init__(self, source: Callable[[], Weights], copy: bool = True):
-        self.source, self.copy = source, copy
+    def __init__(self, source: Callable[[], Weights], copy: bool = True,
+                 model: torch.nn.Module | None = None,
+                 buffered: tuple[str, ...] = BUFFERED_BY_DESIGN):
+        self.source, self.copy, self.model, self.buffered = source, copy, model, buffered
         self.refs: list[tuple[weakref.ref, int]] = []
         self.peak_alive = self.peak_bytes = 0
+        # With a model: the most bytes of the stream held after a step, and
+        # the steps that held more than allowed: the groups buffered by design
+        # seen so far plus twice the largest tensor so far.
+        self.peak_held_bytes = 0
+        self.overheld: list[str] = []
+        self._largest = self._buffered_bytes = 0
+        self._before: set[int] = set()
 
-    def _count(self) -> None:
+    def _count(self, name: str) -> None:
         alive = [nbytes for ref, nbytes in self.refs if ref() is not None]
         self.peak_alive = max(self.peak_alive, len(alive))
         self.peak_bytes = max(self.peak_bytes, sum(alive))
+        if self.model is None:
+            return
+        held = sum(host_storages(self._before | storages_of(self.model)).values())
+        self.peak_held_bytes = max(self.peak_held_bytes, held)
+        allowed = self._buffered_bytes + 2 * self._largest
+        if held > allowed:
+            self.overheld.append(f"after {name}: {held} bytes held, {allowed} allowed")
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        if self.model is not None:
+            self._before = set(host_storages())
+        name = ""
         for name, tensor in self.source():
             mine = tensor.clone() if self.copy else tensor
             del tensor  # hold no reference of this frame's own past the yield
-            self.refs.append((weakref.ref(mine), mine.numel() * mine.element_size()))
+            nbytes = mine.numel() * mine.element_size()
+            self.refs.append((weakref.ref(mine), nbytes))
+            self._largest = max(self._largest, nbytes)
+            self._buffered_bytes += nbytes if name.startswith(self.buffered) else 0
             yield name, mine
             del mine
-            self._count()  # the consumer has had its step: what did it keep?
-        self._count()
+            self._count(name)  # the consumer has had its step: what did it keep?
+        self._count(name)
 
     @property
     def total(self) -> int:

@@ -27,7 +27,7 @@ OUT = BUILD / "demo" / "results.json"
 LOAD_SCENARIOS = expectations.LOAD_SCENARIOS
 TREES = ["base", "patched"]
 COLUMNS = ["model", "scenario", "tree", "expected", "kernel_library", "differing_tensors",
-           "tokens_identical", "peak_alive_tensors", "streamed_tensors", "load_s"]
+           "tokens_identical", "peak_held_bytes", "overheld_steps", "streamed_bytes", "load_s"]
 
 
 class Progress:
@@ -61,8 +61,9 @@ def load_rows(progress: Progress) -> list[dict]:
                     # NemotronH's Mamba2 layers have only Triton kernels: no
                     # generation on CPU. Llama 4's tokens are in the engine rows.
                     "tokens_identical": None,
-                    "peak_alive_tensors": result["peak_alive_tensors"],
-                    "streamed_tensors": result["streamed_tensors"],
+                    "peak_held_bytes": result["peak_held_bytes"],
+                    "overheld_steps": result["overheld_steps"],
+                    "streamed_bytes": result["streamed_bytes"],
                     "load_s": result["load_s"],
                 })
     return rows
@@ -101,7 +102,7 @@ def engine_row(model: str, tree: str, scenario: str, result: dict, reference: di
             "tokens_identical": (result["tokens"] == reference["tokens"]
                                  if reference_stable else None),
             "reference_stable": reference_stable,
-            "peak_alive_tensors": None, "load_s": None,
+            "peak_held_bytes": None, "load_s": None,
             "engine_run_s": result["engine_run_s"], "tokens": result["tokens"],
             "text": result["text"]}
 
@@ -122,7 +123,7 @@ def engine_reload_row(model: str, tree: str, scenario: str, result: dict) -> dic
             "judge_tokens": tree == "patched",
             "reloads_with_differences": sum(1 for h in history if any(h["differing_per_rank"])),
             "alias_kept": all(h["alias_kept"] for h in history),
-            "peak_alive_tensors": None, "load_s": None,
+            "peak_held_bytes": None, "load_s": None,
             "engine_run_s": result["engine_run_s"], "tokens": result["tokens"]}
 
 
@@ -136,7 +137,7 @@ def reload_rows(progress: Progress) -> list[dict]:
         rows.append({
             "model": "nemotron_h", "scenario": "layerwise-reload-x10", "tree": tree,
             "differing_tensors": max(len(h["differing"]) for h in history),
-            "tokens_identical": None, "peak_alive_tensors": None,
+            "tokens_identical": None, "peak_held_bytes": None,
             "load_s": round(sum(result["reload_s"]) / len(result["reload_s"]), 3),
             "nan_after_reload": any(h["nan"] for h in history),
             "alias_kept": all(h["alias_kept"] for h in history),
@@ -278,7 +279,7 @@ def verdict(rows: list[dict], served: dict) -> list[str]:
         tokens = r["tokens_identical"] if r.get("judge_tokens", True) else None
         problems += [f"{what}: {p}" for p in expectations.problems(
             r["model"], r["scenario"], r["tree"], counts, tokens,
-            r.get("peak_alive_tensors"), r.get("streamed_tensors"))]
+            r.get("overheld_steps"))]
         if r.get("alias_kept") is False and r["tree"] == "patched":
             problems.append(f"{what}: a reload broke the conv weights' alias")
     if served["identical"] is False:

@@ -22,6 +22,7 @@ import resource
 import sys
 import time
 
+from lab.expectations import HELD_BYTES_JUDGED
 from lab.model import build_model, digest
 from lab.streams import Liveness, force_streamer_views
 
@@ -60,7 +61,10 @@ def run(model_dir: str, scenario: str, memory_limit: int) -> dict:
     original = model.load_weights
 
     def probed_load_weights(weights):
-        probe = Liveness(lambda: weights, copy=False)
+        # Weighing what the load holds walks every object after each step:
+        # only where it is judged.
+        probe = Liveness(lambda: weights, copy=False,
+                         model=model if scenario in HELD_BYTES_JUDGED else None)
         probes.append(probe)
         return original(probe)
 
@@ -77,6 +81,12 @@ def run(model_dir: str, scenario: str, memory_limit: int) -> dict:
         "unloaded": unloaded,
         "streamed_tensors": sum(p.total for p in probes),
         "peak_alive_tensors": max((p.peak_alive for p in probes), default=0),
+        # Bytes of host tensors the load held of the stream (lab/streams.py),
+        # and the steps where that was more than allowed.
+        "peak_held_bytes": max((p.peak_held_bytes for p in probes), default=0),
+        "overheld_steps": sum(len(p.overheld) for p in probes),
+        "overheld": [line for p in probes for line in p.overheld][-1:],
+        "streamed_bytes": sum(p.total_bytes for p in probes),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "load_s": round(load_s, 3),
     }

@@ -52,8 +52,8 @@ def test_a_streaming_load_shows_what_the_table_expects(results, kind, scenario, 
     result = results(kind, tree, scenario)
     corrupted = harness.differing(result, results(kind, tree, "auto"))
     assert expectations.problems(kind, scenario, tree, [len(corrupted)],
-                                 peak_alive=result["peak_alive_tensors"],
-                                 streamed=result["streamed_tensors"]) == [], corrupted
+                                 overheld_steps=result["overheld_steps"]) == [], (
+        corrupted, result["overheld"])
     if kind == "nemotron_vl" and expectations.expected(kind, scenario, tree) == "corrupted":
         # The Nano VL bug is in its multimodal half.
         assert [n for n in corrupted if n.startswith(("vision_model.", "mlp1."))], corrupted

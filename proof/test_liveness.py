@@ -1,0 +1,81 @@
+"""The liveness tests of the series fail on the regression they are named
+after: a `load_weights` that lists, clones, copies or `.contiguous()`s what it
+is given (proof/plugins/materialize_weights.py), injected into the patched
+tree, while the same tests pass there without it. And lab/streams' own probe,
+which `make demo` reports, on toy loaders."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from lab.streams import Liveness
+from tools.common import TREE, VENV
+from tools.pytest_on import BOOTSTRAP
+
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+LIVENESS = {
+    "llama4": "tests/models/test_llama4_weight_loading.py",
+    "nemotron_vl": "tests/models/multimodal/test_nano_nemotron_vl_weight_loading.py",
+}
+
+
+def liveness_tests(test_file: str, materialize: str | None) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": f"{TREE}:{PLUGINS}", "HF_HUB_OFFLINE": "1"}
+    plugin = []
+    if materialize:
+        env["LAB_MATERIALIZE"] = materialize
+        plugin = ["-p", "materialize_weights"]
+    proc = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", BOOTSTRAP, str(TREE), "-p", "no:cacheprovider",
+         *plugin, "-q", test_file, "-k", "holds_little"],
+        cwd=TREE, env=env, capture_output=True, text=True, timeout=900)
+    return proc.returncode, proc.stdout[-3000:]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("model", "materialize"), [
+    ("llama4", None), ("llama4", "list"), ("llama4", "clone"), ("llama4", "copy"),
+    ("llama4", "contiguous"), ("nemotron_vl", None), ("nemotron_vl", "clone")])
+def test_the_liveness_tests_fail_on_a_materializing_load(model, materialize):
+    code, output = liveness_tests(LIVENESS[model], materialize)
+    if materialize is None:
+        assert code == 0, output
+    else:
+        assert code == 1 and "steps held more of the" in output, output
+
+
+class Toy(torch.nn.Module):
+    """A model whose load_weights copies each weight into its parameter, after
+    taking the stream the way `how` says."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.weights = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.zeros(1024)) for _ in range(8)])
+
+    def load_weights(self, stream):
+        take = {"stream": None, "list": lambda w: w, "clone": lambda w: w.clone(),
+                "contiguous": lambda w: w.view(32, 32).t().contiguous()}[self.how]
+        if take is not None:
+            stream = [(name, take(w)) for name, w in stream]
+        with torch.no_grad():
+            for (_, w), param in zip(stream, self.weights, strict=True):
+                param.copy_(w.reshape(-1))
+
+
+@pytest.mark.parametrize("how", ["stream", "list", "clone", "contiguous"])
+def test_the_probe_weighs_what_a_load_holds(how):
+    checkpoint = [(f"w{i}", torch.full((1024,), float(i))) for i in range(8)]
+    model = Toy(how)
+    probe = Liveness(lambda: checkpoint, model=model)
+    model.load_weights(probe)
+    assert torch.equal(model.weights[7], checkpoint[7][1])
+    if how == "stream":
+        assert probe.overheld == []
+    else:
+        assert len(probe.overheld) >= 5, probe.overheld
+        assert probe.peak_held_bytes >= 8 * 4096
