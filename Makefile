@@ -1,6 +1,7 @@
 # The fork's front door. Every target does its own set-up on a fresh machine.
 #   make demo   the main job: base vs patched with the real streamer and engine
-#   make test   every test: tooling, series lint, upstream tests, integration
+#   make test   every test: tooling, series lint, the series' tests on both trees
+#               against each PR body's Test Result, integration
 # On a GPU node, after `make gpu-env`: make demo DEVICE=cuda, make bench DEVICE=cuda.
 PY := .venv/bin/python
 # The GPU environment's interpreter, written by `make gpu-env`; without it,
@@ -20,7 +21,7 @@ endif
 test: env
 	$(PY) -m pytest -q tools
 	$(MAKE) --no-print-directory check
-	python3 -m tools.pytest_on patched -q --series-tests
+	python3 -m tools.bodies
 	$(PY) -m pytest -q lab proof bench audit
 
 # Host memory and load time against the floor: build/bench/, docs/benchmarks.md.

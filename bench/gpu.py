@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lab import trees  # noqa: E402
+from tools import series  # noqa: E402
 from tools.common import (  # noqa: E402
     BUILD,
     ROOT,
@@ -178,6 +179,7 @@ def render(r: dict) -> str:
         f"- GPU: {gpu.get('name')} (driver {gpu.get('driver')}, CUDA {gpu.get('cuda')}); "
         f"host CPU {m['cpu'].get('model')}; torch {m['torch']}; Python {m['python']}; "
         f"vLLM {m['vllm_version']}.",
+        f"- Series: {series.describe_identity(r.get('series'))}.",
         f"- Checkpoint: Llama 4 Scout's widths, {r['scout_layers']} MoE layers, "
         f"{r['checkpoint_bytes'] / GIB:.1f} GiB, largest tensor "
         f"{r['largest_tensor_bytes'] / GIB:.2f} GiB (bench/scout.py).",
@@ -212,7 +214,7 @@ def main() -> int:
         if results is None:
             raise ForkError(f"no {DOCS_JSON}: run `make bench DEVICE=cuda` on a GPU node first")
     else:
-        results = run_all()
+        results = {**run_all(), "series": series.identity()}
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(json.dumps(results, indent=1))
         DOCS_JSON.write_text(json.dumps(results, indent=1))

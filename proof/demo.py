@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lab import checkpoints, engine, expectations, trees
 from proof import harness
+from tools import series
 from tools.common import BUILD, TREE, ForkError, main_wrapper, root_cause, say, stop_group
 
 OUT = BUILD / "demo" / "results.json"
@@ -314,6 +315,7 @@ def main() -> int:
         r["expected"] = expectations.expected(r["model"], r["scenario"], r["tree"])
     problems = verdict(rows, served)
     out.write_text(json.dumps({"device": engine.DEVICE, "machine": machine,
+                               "series": series.identity(),
                                "engine_args": {**engine.COMMON_ARGS,
                                                **engine.DEVICE_ARGS[engine.DEVICE]},
                                "engine_env": engine.DEVICE_ENV[engine.DEVICE],

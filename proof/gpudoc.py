@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from proof.demo import cell  # noqa: E402
+from tools import series  # noqa: E402
 from tools.common import BUILD, ROOT, ForkError, main_wrapper, read_json, say  # noqa: E402
 
 RESULTS = BUILD / "demo" / "results-cuda.json"
@@ -47,7 +48,8 @@ def render(r: dict) -> str:
         f"- vLLM: {install_route(m)}",
         f"- Engine settings shared by every run: `{json.dumps(r['engine_args'], sort_keys=True)}`;"
         f" environment `{json.dumps(r['engine_env'], sort_keys=True)}`",
-        f"- Whole demo: {r['wall_s']:.0f} s, engines side by side on the one GPU", "",
+        f"- Whole demo: {r['wall_s']:.0f} s, engines side by side on the one GPU",
+        f"- Series: {series.describe_identity(r.get('series'))}", "",
         "## Reproduce", "",
         "On a GPU node with torch 2.11.0 (README, GPU users):", "",
         "```", "make gpu-env EXISTING_TORCH=python3   # or PYTHON=python3.12 for a new venv",

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from pathlib import Path
 
-from tools.common import PATCHES, ROOT, main_wrapper, read_series, say
+from tools import series
+from tools.common import PATCHES, ROOT, main_wrapper, read_json, read_series, say
 
 REQUIRED_SECTIONS = ("## Purpose", "## Test Plan", "## Test Result")
 # The CUDA build stays upstream's: a patch touching these would change what
@@ -174,6 +175,29 @@ def lint_series(patches: Path = PATCHES,
     return problems
 
 
+# Pages made on a GPU node from committed JSON, and the command that remakes
+# each there. CPU-only CI cannot remake them: a page from another series is a
+# warning, not a failure.
+GPU_PAGES = {"docs/gpu.md": ("docs/gpu-results.json", "make demo DEVICE=cuda"),
+             "docs/benchmarks-gpu.md": ("docs/benchmarks-gpu.json", "make bench DEVICE=cuda")}
+
+
+def stale_gpu_pages(root: Path = ROOT, current: dict | None = None) -> list[str]:
+    """A warning for each GPU page made from another series than the current
+    one (or that does not say which)."""
+    current = current or series.identity(root=root)
+    warnings = []
+    for page, (results, remake) in GPU_PAGES.items():
+        recorded = (read_json(root / results) or {}).get("series")
+        if not recorded or recorded.get("series_fingerprint") != current["series_fingerprint"]:
+            made = (f"series {recorded['series_fingerprint']}" if recorded
+                    else "a series it does not name")
+            warnings.append(f"{page} is from {made}, not the current series "
+                            f"{current['series_fingerprint']}: remake it on a GPU node with "
+                            f"`{remake}`")
+    return warnings
+
+
 def main() -> int:
     argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     problems = lint_series()
@@ -183,6 +207,8 @@ def main() -> int:
         print(f"series lint: {len(problems)} problem(s)")
         return 1
     say(f"series lint: {len(read_series())} patch(es) clean")
+    for warning in stale_gpu_pages():
+        print(f"warning: {warning}")
     return 0
 
 

@@ -8,6 +8,7 @@ fingerprint is the one that build records (tools/record.py) store.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -71,3 +72,29 @@ def fingerprint_of_dir(patches: Path) -> dict:
 def fingerprint_of_rendered(wanted: dict[str, str]) -> dict:
     """The fingerprint patches/ will have once wanted is written into it."""
     return fingerprint(list(wanted), {name: text.encode() for name, text in wanted.items()})
+
+
+def identity(root: Path | None = None, tree: Path | None = None,
+             patches: Path | None = None) -> dict:
+    """Which series a run used, for its results: the fork's commit (with
+    `-dirty` when the repository has uncommitted changes), a short digest of
+    the series fingerprint, and the tree's HEAD."""
+    from tools.common import PATCHES, ROOT, TREE
+
+    root, tree, patches = root or ROOT, tree or TREE, patches or PATCHES
+    commit = git(root, "rev-parse", "HEAD", check=False).stdout.strip() or "unknown"
+    if git(root, "status", "--porcelain", "--untracked-files=no", check=False).stdout.strip():
+        commit += "-dirty"
+    digest = hashlib.sha256(json.dumps(fingerprint_of_dir(patches), sort_keys=True)
+                            .encode()).hexdigest()[:16]
+    head = git(tree, "rev-parse", "HEAD", check=False).stdout.strip() or "unknown"
+    return {"fork_commit": commit, "series_fingerprint": digest, "tree_head": head}
+
+
+def describe_identity(recorded: dict | None) -> str:
+    """One line for a page: which series made it."""
+    if not recorded:
+        return ("not recorded (this run predates the record; remake it to have it "
+                "named)")
+    return (f"fork commit `{recorded['fork_commit'][:12]}`, series fingerprint "
+            f"`{recorded['series_fingerprint']}`, tree HEAD `{recorded['tree_head'][:12]}`")

@@ -233,3 +233,21 @@ def test_lint_catches_a_test_file_that_make_test_would_not_run(tmp_path, upstrea
     assert any("tests/test_pkg.py is not in env/upstream_tests.txt" in p for p in problems)
     listed.write_text("tests/test_pkg.py\n")
     assert lint.lint_series(patches, series_tests=listed) == []
+
+
+def test_a_gpu_page_from_another_series_is_a_warning_naming_it(tmp_path):
+    import json
+
+    from tools import lint
+
+    (tmp_path / "docs").mkdir()
+    current = {"fork_commit": "abc", "series_fingerprint": "f" * 16, "tree_head": "def"}
+    (tmp_path / "docs" / "gpu-results.json").write_text(json.dumps({"series": current}))
+    (tmp_path / "docs" / "benchmarks-gpu.json").write_text(
+        json.dumps({"series": {**current, "series_fingerprint": "0" * 16}}))
+    assert lint.stale_gpu_pages(tmp_path, current) == [
+        f"docs/benchmarks-gpu.md is from series {'0' * 16}, not the current series "
+        f"{'f' * 16}: remake it on a GPU node with `make bench DEVICE=cuda`"]
+    (tmp_path / "docs" / "gpu-results.json").write_text("{}")
+    assert "docs/gpu.md is from a series it does not name" in lint.stale_gpu_pages(
+        tmp_path, current)[0]
