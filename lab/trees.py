@@ -16,18 +16,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tools.common import BASE_TREE, BUILD, ROOT, TREE, VENV, ForkError, read_json, run
+from tools.common import (
+    BASE_TREE,
+    BUILD,
+    ROOT,
+    RUNAI_NEW_DIRS,
+    TREE,
+    VENV,
+    ForkError,
+    read_json,
+    run,
+)
 
 TREES = {"base": BASE_TREE, "patched": TREE}
 INDUCTOR_CACHES = BUILD / "inductor-cache"
 # On CPU: .venv (make env). On a GPU node: the interpreter that `make gpu-env`
 # installed into, which `make demo DEVICE=cuda` runs (tools/gpu_env.py).
-if os.environ.get("VLLM_FORK_DEVICE", "cpu") == "cpu":
-    PYTHON = str(VENV / "bin" / "python")
-    RUNAI_NEW_DIR = VENV / "runai-0.17.0"
-else:
-    PYTHON = sys.executable
-    RUNAI_NEW_DIR = BUILD / "runai-0.17.0-cuda"
+DEVICE = os.environ.get("VLLM_FORK_DEVICE", "cpu")
+PYTHON = str(VENV / "bin" / "python") if DEVICE == "cpu" else sys.executable
+RUNAI_NEW_DIR = RUNAI_NEW_DIRS[DEVICE]
 
 
 def inductor_cache(environ: dict, cpuinfo: str) -> Path:

@@ -29,6 +29,10 @@ BUILD = ROOT / "build"
 TREE = BUILD / "vllm"
 BASE_TREE = BUILD / "vllm-base"
 VENV = ROOT / ".venv"
+# runai-model-streamer 0.17.0, installed beside the locked 0.15.7 (which stays
+# the environment's own) and put on sys.path per process by the proofs:
+# in .venv on CPU (make env), under build/ on a GPU node (make gpu-env).
+RUNAI_NEW_DIRS = {"cpu": VENV / "runai-0.17.0", "cuda": BUILD / "runai-0.17.0-cuda"}
 
 # Downloads outlive a clone: a fresh checkout on the same machine reuses them.
 CACHE = Path(

@@ -21,14 +21,24 @@ import zipfile
 from pathlib import Path
 
 from tools import common
-from tools.common import BASE_TREE, ROOT, TREE, VENV, ForkError, load_pin, main_wrapper, say
+from tools.common import (
+    BASE_TREE,
+    ROOT,
+    RUNAI_NEW_DIRS,
+    TREE,
+    VENV,
+    ForkError,
+    load_pin,
+    main_wrapper,
+    say,
+)
 
 LOCK = ROOT / "env" / "requirements.lock"
 PLUGIN = ROOT / "env" / "cpu_moe_workaround"
 # The newest streamer (copy-returning by default), installed beside 0.15.7 and
 # put on sys.path per process (see proof/harness.py).
 RUNAI_NEW = "runai-model-streamer==0.17.0"
-RUNAI_NEW_DIR = VENV / "runai-0.17.0"
+RUNAI_NEW_DIR = RUNAI_NEW_DIRS["cpu"]
 PY = VENV / "bin" / "python"
 # What `make gpu-env` put into build/vllm (tools/gpu_env.py): CUDA kernels,
 # their Python files and a rewritten vllm/_version.py.

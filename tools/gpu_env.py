@@ -42,6 +42,7 @@ from tools.common import (
     BASE_TREE,
     BUILD,
     ROOT,
+    RUNAI_NEW_DIRS,
     TREE,
     CommandFailed,
     ForkError,
@@ -57,9 +58,7 @@ from tools.fetch import cuda_pin, fetch_cuda_wheel, fetch_sdist, sha256_of, veri
 CUDA_VENV = ROOT / ".venv-cuda"
 # The interpreter the install went into, for `make demo DEVICE=cuda`.
 GPU_PYTHON = BUILD / "gpu-python"
-# runai-model-streamer 0.17.0 beside the locked 0.15.7, as on CPU; the proofs
-# put it on sys.path for the scenarios that name it (lab/trees.py).
-RUNAI_NEW_DIR = BUILD / "runai-0.17.0-cuda"
+RUNAI_NEW_DIR = RUNAI_NEW_DIRS["cuda"]
 # Files of a wheelhouse that are not packages.
 SUMS, LOCKFILE, ABOUT = "SHA256SUMS", "requirements.txt", "wheelhouse.json"
 # What use_existing_torch.py rewrites; put back after the install.
