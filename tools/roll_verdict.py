@@ -96,14 +96,29 @@ def decide_from_tests(v: Verdict) -> None:
                 still there (or there are none to run);
     broken:     it applies, but its tests fail with the fix;
     untested:   nothing can judge it: no test file, no new test function, tests
-                that did not run (setup, import, kernels) or were skipped, or
-                tests that pass on both bases with or without the fix. Never
-                carried, never adopted."""
+                that did not run (setup, import, kernels) or were skipped,
+                tests that pass on both bases with or without the fix, or a
+                test that passes on the current base but fails on the new
+                release without the fix (it no longer fits the release).
+                Never carried, never adopted."""
     judged = [t for t, o in v.without_fix.items() if o in (PASSED, FAILED)]
     idle = {t: v.skipped.get(t, o) for t, o in v.without_fix.items()
             if o not in (PASSED, FAILED)}
     still_failing = "; ".join(f"{t}: {e}" for t, e in sorted(v.errors_without_fix.items()))
     where = f"does not apply: {', '.join(v.conflict) or 'see git am'}"
+    # A test that passes on the current base, where the bug is, but fails on
+    # the new release without the fix does not see the bug: the release
+    # changed what the test relies on (a renamed weight, a moved helper).
+    misfit = [t for t in judged
+              if v.without_fix[t] == FAILED and v.on_current_base.get(t) == PASSED]
+    if misfit:
+        v.verdict = "untested"
+        v.note = ((where + "; " if v.applies == "conflict" else "")
+                  + "its tests no longer fit the new release: "
+                  + "; ".join(f"{t} passes on the current base but fails here "
+                              f"({v.errors_without_fix.get(t, 'no message')[:200]})"
+                              for t in misfit))
+        return
     if v.applies == "conflict" and idle and not judged:
         v.verdict = "untested"
         v.note = (f"{where}; whether the new release still has the bug is not known: its "

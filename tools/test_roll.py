@@ -497,3 +497,20 @@ def test_a_test_file_that_does_not_import_says_why(tmp_path):
     outcomes, errors = roll_judge.run_tests(tmp_path, sys.executable, ["test_x.py"])
     assert list(outcomes.values()) == ["not run"]
     assert "ModuleNotFoundError: No module named 'pkg'" in next(iter(errors.values()))
+
+
+def test_a_test_that_passes_on_the_current_base_but_fails_on_the_new_release_does_not_fit():
+    """As Nano VL's copy-loader reference on 0.34.0, whose renamed vision
+    weights leave 171 parameters unloaded: a conflict verdict would say the bug
+    is still upstream, which the test cannot see."""
+    v = roll_verdict.Verdict(
+        patch="p.patch", applies="conflict", conflict=["hunk a.py:9"],
+        tests_from="whole files", new_tests=["test_bug", "test_reference"],
+        without_fix={"test_bug": "passed", "test_reference": "failed"},
+        errors_without_fix={"test_reference": "171 parameters not loaded"},
+        on_current_base={"test_bug": "failed", "test_reference": "passed"})
+    roll_verdict.decide(v)
+    assert v.verdict == "untested"
+    assert v.note == ("does not apply: hunk a.py:9; its tests no longer fit the new release: "
+                      "test_reference passes on the current base but fails here (171 "
+                      "parameters not loaded)")
