@@ -18,6 +18,7 @@ Only torch here, so the unit tests (audit/test_audit.py) run it on toy loaders.
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 
@@ -98,6 +99,8 @@ class Liveness:
         self.overheld: list[str] = []
         self._largest = self._buffered_bytes = 0
         self._before: set[int] = set()
+        # Seconds spent weighing, for callers that time the load around it.
+        self.probe_s = 0.0
 
     def _count(self, name: str) -> None:
         alive = [nbytes for ref, nbytes in self.refs if ref() is not None]
@@ -105,7 +108,9 @@ class Liveness:
         self.peak_bytes = max(self.peak_bytes, sum(alive))
         if self.model is None:
             return
+        start = time.perf_counter()
         held = sum(host_storages(self._before | storages_of(self.model)).values())
+        self.probe_s += time.perf_counter() - start
         self.peak_held_bytes = max(self.peak_held_bytes, held)
         allowed = self._buffered_bytes + 2 * self._largest
         if held > allowed:
@@ -113,7 +118,9 @@ class Liveness:
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         if self.model is not None:
+            start = time.perf_counter()
             self._before = set(host_storages())
+            self.probe_s += time.perf_counter() - start
         name = ""
         for name, tensor in self.source():
             mine = tensor.clone() if self.copy else tensor
