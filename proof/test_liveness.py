@@ -4,7 +4,6 @@ is given (proof/plugins/materialize_weights.py), injected into the patched
 tree, while the same tests pass there without it. And lab/streams' own probe,
 which `make demo` reports, on toy loaders."""
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -12,8 +11,8 @@ import pytest
 import torch
 
 from lab.streams import Liveness
-from tools.common import TREE, VENV
-from tools.pytest_on import BOOTSTRAP
+from tools import pytest_on
+from tools.common import TREE
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 LIVENESS = {
@@ -23,16 +22,13 @@ LIVENESS = {
 
 
 def liveness_tests(test_file: str, materialize: str | None) -> tuple[int, str]:
-    env = {**os.environ, "PYTHONPATH": f"{TREE}:{PLUGINS}", "HF_HUB_OFFLINE": "1"}
-    plugin = []
+    plugin = ["-p", "materialize_weights"] if materialize else []
+    cmd, env = pytest_on.command(
+        "patched", [*plugin, "-q", "--tb=line", "-p", "no:warnings", "-p", "no:logging",
+                    test_file, "-k", "holds_little"], extra_path=(str(PLUGINS),))
     if materialize:
         env["LAB_MATERIALIZE"] = materialize
-        plugin = ["-p", "materialize_weights"]
-    proc = subprocess.run(
-        [str(VENV / "bin" / "python"), "-c", BOOTSTRAP, str(TREE), "-p", "no:cacheprovider",
-         *plugin, "-q", "--tb=line", "-p", "no:warnings", "-p", "no:logging", test_file,
-         "-k", "holds_little"],
-        cwd=TREE, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=TREE, env=env, capture_output=True, text=True, timeout=900)
     return proc.returncode, proc.stdout
 
 

@@ -14,7 +14,6 @@ naming the patch, the span and the run; `make test` runs this.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -22,11 +21,8 @@ from pathlib import Path
 
 from tools import lint
 from tools.common import (
-    BASE_TREE,
     PATCHES,
     TREE,
-    VENV,
-    ForkError,
     load_pin,
     main_wrapper,
     read_series,
@@ -66,22 +62,17 @@ WHERE = {"patched": "with this change", "base": "against the base"}
 
 
 def run_tests(tree: str, args: list[str]) -> tuple[int, str]:
-    from tools.pytest_on import BOOTSTRAP
+    from tools.pytest_on import command
 
-    root = {"patched": TREE, "base": BASE_TREE}[tree]
-    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [str(VENV / "bin" / "python"), "-c", BOOTSTRAP, str(root), "-p", "no:cacheprovider",
-         "-q", "--tb=line", *args], cwd=TREE, env=env, capture_output=True, text=True,
-        errors="replace", timeout=1800)
+    cmd, env = command(tree, ["-q", "--tb=line", *args])
+    proc = subprocess.run(cmd, cwd=TREE, env=env, capture_output=True, text=True,
+                          errors="replace", timeout=1800)
     return proc.returncode, proc.stdout + proc.stderr
 
 
 def check(patches: Path = PATCHES) -> list[str]:
     from tools.roll_judge import patch_files, test_args
 
-    if not (VENV / "bin" / "python").exists() or not (BASE_TREE / ".git").exists():
-        raise ForkError("the environment is not built: run `make env` first")
     base_tag = load_pin()["upstream"]["tag"]
     problems = []
     for name in read_series(patches):

@@ -41,7 +41,11 @@ sys.exit(pytest.main(sys.argv[2:]))
 """
 
 
-def run(tree_name: str, args: list[str]) -> int:
+def command(tree_name: str, args: list[str],
+            extra_path: tuple[str, ...] = ()) -> tuple[list[str], dict]:
+    """(command, environment) of a pytest run in build/vllm with vllm imported
+    from the named tree; extra_path goes after the tree on PYTHONPATH (pytest
+    plugins)."""
     tree = {"patched": TREE, "base": BASE_TREE}.get(tree_name)
     if tree is None:
         raise ForkError(f"unknown tree {tree_name!r}: use patched or base")
@@ -50,8 +54,13 @@ def run(tree_name: str, args: list[str]) -> int:
         raise ForkError("the environment is not built: run `make env` first")
     args = [a for arg in args for a in (series_test_args() if arg == "--series-tests" else [arg])]
     # Tests of the series must not reach for a model hub: there is no network.
-    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
-    cmd = [str(python), "-c", BOOTSTRAP, str(tree), "-p", "no:cacheprovider", *args]
+    env = {**os.environ, "PYTHONPATH": ":".join([str(tree), *extra_path]),
+           "HF_HUB_OFFLINE": "1"}
+    return [str(python), "-c", BOOTSTRAP, str(tree), "-p", "no:cacheprovider", *args], env
+
+
+def run(tree_name: str, args: list[str]) -> int:
+    cmd, env = command(tree_name, args)
     return subprocess.run(cmd, cwd=TREE, env=env).returncode
 
 
