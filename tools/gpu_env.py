@@ -122,13 +122,30 @@ def pinned_torch(pins: list[str]) -> str:
                     "its kernels' torch is unknown")
 
 
+TORCH_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)((a|b|rc)\d+)?(\.dev\d+)?(\+[\w.]+)?$")
+
+
+def torch_release(version: str) -> tuple[int, int, int] | None:
+    """The release a torch version is of: 2.11.0 for 2.11.0, 2.11.0+cu130
+    (a wheel's CUDA tag) and 2.11.0a0+gitabc (the pre-release builds of
+    NGC-style containers); None for what is no torch version."""
+    match = TORCH_VERSION.match(version.strip())
+    return tuple(int(part) for part in match.groups()[:3]) if match else None
+
+
 def check_existing_torch(python: str, wanted: str) -> None:
-    """The precompiled kernels are built against one torch: refuse another."""
+    """The precompiled kernels are built against one torch release: refuse
+    another. A local version or a pre-release of that release is accepted
+    (said so for a pre-release: its ABI is the container maker's)."""
     found = torch_version(python)
     if found is None:
         raise ForkError(f"{python} cannot import torch; --existing-torch is for an interpreter "
                         "that already has it (otherwise leave the flag out)")
-    if found.split("+")[0] != wanted:
+    release = torch_release(found)
+    if release is not None and release == torch_release(wanted) and found.split("+")[0] != wanted:
+        say(f"{python} has torch {found}, a pre-release of {wanted}, the kernels' torch: "
+            "accepted; if the kernels fail to load, use torch " + wanted)
+    if release is None or release != torch_release(wanted):
         raise ForkError(f"{python} has torch {found}; the pinned CUDA kernels need torch "
                         f"{wanted}. Use that torch, or build the kernels from source "
                         "(README: GPU users, full CUDA build)")
@@ -323,9 +340,20 @@ print(f"smoke: CUDA platform on {torch.cuda.get_device_name(0)}, "
 """
 
 
+def gpu_present(dev: Path = Path("/dev")) -> str | None:
+    """What says this machine has an NVIDIA GPU (its device files, or
+    nvidia-smi on PATH), or None."""
+    devices = sorted(p.name for p in dev.glob("nvidia[0-9]*"))
+    if devices:
+        return f"{dev}/{devices[0]}"
+    smi = shutil.which("nvidia-smi")
+    return smi and f"{smi} on PATH"
+
+
 def smoke(python: str, tree: Path = TREE) -> bool:
-    """True once the tree runs on the CUDA platform; False where no GPU is
-    visible (the install itself is done). The base worktree is checked the
+    """True once the tree runs on the CUDA platform; False where this machine
+    has no GPU (the install itself is done); an error where it has one that
+    the tree does not see (a broken driver, a CPU build of torch). The base worktree is checked the
     way the proofs import it: first on PYTHONPATH."""
     env = {**os.environ, "PYTHONPATH": str(tree)} if tree != TREE else None
     failed = None
@@ -341,6 +369,11 @@ def smoke(python: str, tree: Path = TREE) -> bool:
         print("\n".join(lines[-2:]), flush=True)
         return True
     if lines and lines[-1].startswith("NO-GPU"):
+        gpu = gpu_present()
+        if gpu:
+            raise ForkError(f"this machine has a GPU ({gpu}), but the installed tree does not "
+                            f"see one ({lines[-1][7:]}): check the NVIDIA driver and "
+                            "`nvidia-smi`, and that this torch is a CUDA build")
         print(lines[0] if lines else "", flush=True)
         say(f"installed, but no GPU is visible here ({lines[-1][7:]}): the smoke check "
             "runs on a GPU node")

@@ -170,8 +170,12 @@ def fake_python(tmp_path: Path, torch: str | None) -> str:
     return str(script)
 
 
-@pytest.mark.parametrize("found, ok", [("2.11.0+cu130", True), ("2.11.0", True),
-                                       ("2.10.0+cu128", False), (None, False)])
+@pytest.mark.parametrize("found, ok", [
+    ("2.11.0+cu130", True), ("2.11.0", True),
+    # NGC-style containers: a pre-release build of the same release.
+    ("2.11.0a0+gitb3f1e5c", True), ("2.11.0a0+ebedce2.nv26.02", True), ("2.11.0rc1", True),
+    ("2.10.0+cu128", False), ("2.11.1", False), ("2.12.0a0+git1234", False),
+    ("2.1.10", False), ("2.11.0-custom", False), (None, False)])
 def test_an_existing_torch_must_be_the_one_the_kernels_were_built_against(tmp_path, found, ok):
     python = fake_python(tmp_path, found)
     if ok:
@@ -289,7 +293,36 @@ def interpreter_running(tmp_path, script: str) -> str:
     return str(path)
 
 
-def test_the_smoke_check_passes_says_no_gpu_or_names_the_failure(tmp_path):
+def test_a_gpu_is_seen_by_its_device_files_or_nvidia_smi(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert gpu_env.gpu_present(tmp_path) is None
+    (tmp_path / "nvidiactl").write_text("")  # the control device alone is no GPU
+    assert gpu_env.gpu_present(tmp_path) is None
+    (tmp_path / "nvidia0").write_text("")
+    assert gpu_env.gpu_present(tmp_path) == f"{tmp_path}/nvidia0"
+    (tmp_path / "nvidia0").unlink()
+    (tmp_path / "bin").mkdir()
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n")
+    smi.chmod(0o755)
+    assert gpu_env.gpu_present(tmp_path) == f"{smi} on PATH"
+
+
+def test_a_gpu_the_tree_does_not_see_is_an_error_not_a_missing_gpu(tmp_path, monkeypatch):
+    tree = tmp_path / "tree"
+    said = f"print('vllm 0.21.0 from {tree}/vllm/__init__.py')"
+    no_cuda = interpreter_running(
+        tmp_path, f"{said}\nraise SystemExit('NO-GPU platform is CpuPlatform')")
+    monkeypatch.setattr(gpu_env, "gpu_present", lambda: None)
+    assert gpu_env.smoke(no_cuda, tree) is False
+    monkeypatch.setattr(gpu_env, "gpu_present", lambda: "/dev/nvidia0")
+    with pytest.raises(ForkError, match=r"has a GPU \(/dev/nvidia0\), but the installed tree "
+                                        r"does not see one \(platform is CpuPlatform\)"):
+        gpu_env.smoke(no_cuda, tree)
+
+
+def test_the_smoke_check_passes_says_no_gpu_or_names_the_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_env, "gpu_present", lambda: None)  # this machine, as CI's
     tree = tmp_path / "tree"
     said = f"print('vllm 0.21.0 from {tree}/vllm/__init__.py')"
     assert gpu_env.smoke(interpreter_running(tmp_path, f"{said}\nprint('smoke: CUDA')"), tree)
