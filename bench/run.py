@@ -14,7 +14,9 @@ iterator clones every tensor; emulated on the patched tree in the measuring
 process) with runai-model-streamer 0.17.0 and with 0.15.7 (buffer reused),
 and the real engine at tensor parallel 2 (mp executor, a process per
 worker): every worker's peak anonymous memory while it loads, base and
-patched, with a projection to Llama 4 Scout and Maverick at TP=8.
+patched, with a projection to Llama 4 Scout and Maverick at TP=8. The same
+under vLLM's Ray executor (both workers Ray actors on one loopback Ray node,
+the setting of the original bug report), from the same run.
 
 Also: the cost of the Nemotron Nano VL fix (its multimodal copies, as bytes
 over the floor) and of the reload alias check (reload time with and
@@ -76,12 +78,18 @@ def measure(tree: str, model: Path, load_format: str, memory_limit: int,
                             f"measure {tree}/{load_format}/{streamer}", timeout=1200)
 
 
-def engine_tp2(tree: str, model: Path, memory_limit: int) -> dict:
-    result = trees.run_module("bench.engine_tp", [model, memory_limit],
+def engine_tp2(tree: str, model: Path, memory_limit: int, layout: str = "mp") -> dict:
+    from lab.raycluster import placement_problems
+
+    args = [model, memory_limit] + ([] if layout == "mp" else [f"--layout={layout}"])
+    result = trees.run_module("bench.engine_tp", args,
                               trees.tree_env(tree, "runai-0.17.0-copy"),
-                              f"engine TP=2 load on {tree}", timeout=1200)
+                              f"engine TP=2 load on {tree} ({layout})", timeout=1200)
     if not result["runai_file"].startswith(str(trees.RUNAI_NEW_DIR)):
         raise ForkError(f"the engine imported the streamer from {result['runai_file']}")
+    problems = placement_problems(result, layout)
+    if problems:
+        raise ForkError(f"engine TP=2 load on {tree} ({layout}): {problems[0]}")
     return result
 
 
@@ -129,7 +137,10 @@ def alias_check_ratio(model: Path, rounds: int, reloads: int) -> dict:
 RATIOS = ("base_over_patched_peak_anon", "patched_peak_anon_over_floor",
           "patched_over_base_load_time", "alias_check_reload_time_ratio",
           "fork_over_peer_load_time", "fork_over_peer_peak_anon",
-          "base_over_patched_tp2_total_anon", "patched_tp2_worker_over_floor")
+          "base_over_patched_tp2_total_anon", "patched_tp2_worker_over_floor",
+          "base_over_patched_ray_tp2_total_anon")
+# The Ray layout the bench measures (lab/engine.LAYOUTS): the bug report's.
+RAY_LAYOUT = "ray1node"
 
 
 def tp_summary(tp: dict, floor: int) -> dict:
@@ -203,11 +214,12 @@ def write_table(results: dict, path: Path) -> None:
         s = r["summary"][key]
         rows.append((f"{label}: peak anon over start / load time",
                      f"{s['peak_anon_over_start'] / MIB:.1f} MiB / {s['load_s']:.2f} s"))
-    for tree in ("base", "patched"):
-        t = r["tp2"]["summary"][tree]
-        rows.append((f"engine TP=2, {tree}, runai 0.17.0: peak anon per worker / total",
-                     " + ".join(f"{w / MIB:.1f}" for w in t["per_worker"])
-                     + f" = {t['total'] / MIB:.1f} MiB"))
+    for key, executor in (("tp2", "mp"), ("ray_tp2", "Ray, both workers on one Ray node")):
+        for tree in ("base", "patched"):
+            t = r[key]["summary"][tree]
+            rows.append((f"engine TP=2 ({executor}), {tree}, runai 0.17.0: peak anon per "
+                         "worker / total", " + ".join(f"{w / MIB:.1f}" for w in t["per_worker"])
+                         + f" = {t['total'] / MIB:.1f} MiB"))
     rows += [(k, f"{r[k]:.3f}") for k in RATIOS]
     f15 = r["fork_over_peer"]["0.15.7"]
     rows.append(("fork over peer with runai 0.15.7 (buffer reused): load time / peak anon",
@@ -280,6 +292,13 @@ def main() -> int:
     say(f"TP=2 total peak anon: base {tp2_summary['base']['total'] / MIB:.0f} MiB, patched "
         f"{tp2_summary['patched']['total'] / MIB:.0f} MiB")
 
+    say(f"the same under vLLM's Ray executor ({RAY_LAYOUT}): base, then patched")
+    ray_tp2 = {tree: engine_tp2(tree, model, memory_limit, RAY_LAYOUT)
+               for tree in ("base", "patched")}
+    ray_summary = tp_summary(ray_tp2, floor)
+    say(f"Ray TP=2 total peak anon: base {ray_summary['base']['total'] / MIB:.0f} MiB, patched "
+        f"{ray_summary['patched']['total'] / MIB:.0f} MiB")
+
     alias = alias_check_ratio(checkpoints.ensure("nemotron_h"), rounds=3 if args.size == "full"
                               else 1, reloads=20 if args.size == "full" else 3)
     say(f"reload with/without the alias check: {alias['ratio']:.3f}")
@@ -305,6 +324,9 @@ def main() -> int:
         "base_over_patched_tp2_total_anon":
             tp2_summary["base"]["total"] / tp2_summary["patched"]["total"],
         "patched_tp2_worker_over_floor": tp2_summary["patched"]["max_over_floor"],
+        "ray_tp2": {"layout": RAY_LAYOUT, "runs": ray_tp2, "summary": ray_summary},
+        "base_over_patched_ray_tp2_total_anon":
+            ray_summary["base"]["total"] / ray_summary["patched"]["total"],
         "projection": projection(tp2_summary, trees.checkpoint_bytes(model)),
         "nemotron_vl": {"run": vl, "floor_bytes": vl_floor,
                         "multimodal_bytes": multimodal_bytes(vl_model),

@@ -11,6 +11,9 @@ returns each worker's numbers.
 
 from __future__ import annotations
 
+import os
+import sys
+
 from vllm.model_executor.model_loader.runai_streamer_loader import RunaiModelStreamerLoader
 
 from bench.measure import measured_load
@@ -36,4 +39,8 @@ class LoadMemory:
 
         if not _MEASURED:
             raise RuntimeError("nothing measured: the model was not loaded by the runai loader")
-        return {"rank": get_tensor_model_parallel_rank(), **_MEASURED}
+        found = {"rank": get_tensor_model_parallel_rank(), "pid": os.getpid(), **_MEASURED}
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            found["ray_node"] = ray.util.get_node_ip_address()
+        return found

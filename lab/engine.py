@@ -62,6 +62,26 @@ DEVICE_ENV = {
         "OMP_NUM_THREADS": "4",
     },
 }
+# Where the CPU engine's two workers run: vLLM's multiprocess executor on this
+# host (mp), or its Ray executor on a Ray cluster on this machine's loopback
+# (lab/raycluster.py) of one node holding both workers, or of two nodes with
+# one worker each: the bug report's setting, and the multi-node path.
+# Layout -> Ray nodes (None: no Ray).
+LAYOUTS = {"mp": None, "ray1node": 1, "ray2nodes": 2}
+RAY_LAYOUTS = [layout for layout, nodes in LAYOUTS.items() if nodes]
+# Under Ray, the runs of the copy-returning streamer also weigh, in every
+# worker after each step of the model's load_weights, the host tensors of the
+# stream it still holds (proof/rankdigest.py): that is where the checkpoint
+# piles up. Weighing walks every object of the worker (half a minute a run),
+# so only these runs weigh. It is an observer, not a setting: it passes the
+# loader's own tensors through and keeps none, so it cannot make a run equal
+# its reference (it could only make it differ); it is left out when runs are
+# compared (OBSERVER_ENV_KEYS).
+WEIGHED_LOADERS = ("runai-0.17.0-copy",)
+LIVENESS_ENV = {"LAB_LIVENESS": "1"}
+OBSERVER_ENV_KEYS = set(LIVENESS_ENV)
+# Under Ray, the CPU loaders and the copy-returning streamer of the bug report.
+RAY_LOADERS = ["auto", "runai-0.15.7-dist", "runai-0.17.0-copy"]
 TENSOR_PARALLEL = DEVICE_ARGS[DEVICE]["tensor_parallel_size"]
 # Back-compat names for the current device (bench, processor check).
 ENGINE_ARGS = {**COMMON_ARGS, **DEVICE_ARGS[DEVICE]}
@@ -114,14 +134,31 @@ def loader_args(model_dir: str, loader: str) -> dict:
     return args
 
 
-def engine_args(model_dir: str, loader: str, device: str = DEVICE) -> dict:
+def check_layout(layout: str, device: str) -> None:
+    if layout not in LAYOUTS:
+        raise SystemExit(f"unknown layout {layout}; known: {', '.join(LAYOUTS)}")
+    if layout != "mp" and device != "cpu":
+        raise SystemExit(f"layout {layout} is for CPU runs only")
+
+
+def executor_args(layout: str, device: str = DEVICE) -> dict:
+    """What a layout changes in the engine arguments: the executor."""
+    check_layout(layout, device)
+    return {} if layout == "mp" else {"distributed_executor_backend": "ray"}
+
+
+def engine_args(model_dir: str, loader: str, device: str = DEVICE, layout: str = "mp") -> dict:
     return {"model": model_dir, **COMMON_ARGS, **DEVICE_ARGS[device],
-            **loader_args(model_dir, loader)}
+            **executor_args(layout, device), **loader_args(model_dir, loader)}
 
 
-def engine_env(loader: str, device: str = DEVICE) -> dict:
-    """Environment an engine run starts with: the device's, then the loader's."""
-    return {**DEVICE_ENV[device], **LOADER_ENV.get(loader, {})}
+def engine_env(loader: str, device: str = DEVICE, layout: str = "mp") -> dict:
+    """Environment an engine run starts with: the device's, then the loader's
+    (and under Ray, the weighing of the copy-returning streamer)."""
+    check_layout(layout, device)
+    weighed = layout != "mp" and loader in WEIGHED_LOADERS
+    return {**DEVICE_ENV[device], **LOADER_ENV.get(loader, {}),
+            **(LIVENESS_ENV if weighed else {})}
 
 
 def recorded_env() -> dict:

@@ -26,6 +26,13 @@ LOAD_SCENARIOS = ["auto", "runai-0.15.7-reuse", "runai-0.17.0-copy", "runai-0.17
 # in distributed mode against `auto`; the reference is run twice, so that
 # tokens count only when it repeats itself.
 ENGINE_SCENARIOS = ["auto-tp2", "auto-tp2 (repeat)", "runai-0.15.7-dist-tp2"]
+# The engine on CPU under vLLM's Ray executor (lab/engine.LAYOUTS), one Ray
+# node or two: the same runs, and the copy-returning streamer too.
+RAY_LAYOUTS = ("ray1node", "ray2nodes")
+RAY_SCENARIOS = [f"{scenario}-tp2-{layout}{repeat}"
+                 for layout in RAY_LAYOUTS
+                 for scenario, repeat in [("auto", ""), ("auto", " (repeat)"),
+                                          ("runai-0.15.7-dist", ""), ("runai-0.17.0-copy", "")]]
 # The engine on one GPU at tensor parallel 1: every streaming loader of the
 # in-process loads, against `auto`, for both fixed models; and NemotronH
 # reloaded in place through the engine.
@@ -50,6 +57,17 @@ EXPECTED: dict[tuple[str, str], dict[str, str]] = {
        for scenario in ("auto-tp2", "auto-tp2 (repeat)")},
     ("llama4 (engine)", "runai-0.15.7-dist-tp2"): {"base": CORRUPTED, "patched": IDENTICAL},
     ("nemotron_h", "layerwise-reload-x10"): {"base": CORRUPTED, "patched": IDENTICAL},
+    # The same engine under vLLM's Ray executor, both workers on one Ray node
+    # or one on each of two: a reused buffer breaks base on every rank, and
+    # every rank of base holds the copies.
+    **{("llama4 (engine)", scenario): {"base": IDENTICAL, "patched": IDENTICAL}
+       for scenario in RAY_SCENARIOS if scenario.startswith("auto-")},
+    **{("llama4 (engine)", f"runai-0.15.7-dist-tp2-{layout}"): {"base": CORRUPTED,
+                                                                "patched": IDENTICAL}
+       for layout in RAY_LAYOUTS},
+    **{("llama4 (engine)", f"runai-0.17.0-copy-tp2-{layout}"): {"base": MATERIALIZES,
+                                                                "patched": IDENTICAL}
+       for layout in RAY_LAYOUTS},
     # On a GPU the engine's own loaders: a reused buffer (0.15.7, or 0.17.0's
     # views) breaks base; private copies load right on both trees.
     **{(model, scenario): {"base": IDENTICAL, "patched": IDENTICAL}
@@ -62,7 +80,8 @@ EXPECTED: dict[tuple[str, str], dict[str, str]] = {
 }
 
 # Where a load's host memory is judged: the copy-returning loader, whose every
-# tensor is the load's own. (A reused buffer is judged by its corruption.)
+# tensor is the load's own (scenarios starting with it: in-process and under
+# Ray). A reused buffer is judged by its corruption.
 HELD_BYTES_JUDGED = ("runai-0.17.0-copy",)
 
 
@@ -75,13 +94,14 @@ def expected(model: str, scenario: str, tree: str) -> str:
 
 def problems(model: str, scenario: str, tree: str, differing_per_rank: list[int],
              tokens_identical: bool | None = None,
-             overheld_steps: int | None = None) -> list[str]:
+             overheld_steps: int | list[int] | None = None) -> list[str]:
     """How a run falls short of its expectation; [] when it meets it.
 
     differing_per_rank: how many parameters differ from the reference on each
     rank (one entry for an in-process load). tokens_identical: None when
     tokens are no evidence. overheld_steps: the steps of the load that held
-    more of the stream than allowed, where that was measured."""
+    more of the stream than allowed, where that was measured (a list: per
+    rank)."""
     want = expected(model, scenario, tree)
     found = []
     if want == CORRUPTED:
@@ -95,11 +115,14 @@ def problems(model: str, scenario: str, tree: str, differing_per_rank: list[int]
         found.append(f"expected every parameter identical, {differing_per_rank} differ")
     if tokens_identical is False:
         found.append("expected the reference's tokens, found others")
-    if overheld_steps is not None and scenario in HELD_BYTES_JUDGED:
-        if want == MATERIALIZES and not overheld_steps:
-            found.append("expected the load to hold more of the stream than allowed, "
-                         "it never did")
-        if want == IDENTICAL and overheld_steps:
+    if overheld_steps is not None and scenario.startswith(HELD_BYTES_JUDGED):
+        per_rank = overheld_steps if isinstance(overheld_steps, list) else [overheld_steps]
+        if want == MATERIALIZES and not all(per_rank):
+            found.append("expected the load to hold more of the stream than allowed "
+                         f"on every rank, steps that did: {per_rank}")
+        if want == IDENTICAL and any(per_rank):
             found.append(f"expected the load to hold no more of the stream than allowed, "
-                         f"{overheld_steps} steps did")
+                         f"steps that did: {per_rank}")
+    elif want == MATERIALIZES:
+        found.append("expected the load to hold the stream, but what it held was not weighed")
     return found

@@ -11,7 +11,8 @@ def test_every_tree_of_every_row_has_an_outcome():
         assert set(by_tree) == {"base", "patched"}, (model, scenario)
         assert set(by_tree.values()) <= {"identical", "corrupted", "materializes"}
     assert not {s for m, s in expectations.EXPECTED if m == "llama4 (engine)"} ^ set(
-        expectations.ENGINE_SCENARIOS + expectations.CUDA_SCENARIOS)
+        expectations.ENGINE_SCENARIOS + expectations.CUDA_SCENARIOS
+        + expectations.RAY_SCENARIOS)
 
 
 def test_a_fix_must_be_identical_on_every_rank_and_in_tokens():
@@ -34,6 +35,14 @@ def test_materializing_and_streaming_are_judged_by_the_bytes_held():
     assert problems("llama4", "runai-0.17.0-copy", "base", [0], overheld_steps=0) != []
     assert problems("llama4", "runai-0.17.0-copy", "patched", [0], overheld_steps=0) == []
     assert problems("llama4", "runai-0.17.0-copy", "patched", [0], overheld_steps=1) != []
+    # Under Ray, per rank: base must hold the copies on every rank.
+    ray = ("llama4 (engine)", "runai-0.17.0-copy-tp2-ray2nodes")
+    assert problems(*ray, "base", [0, 0], overheld_steps=[40, 38]) == []
+    assert problems(*ray, "base", [0, 0], overheld_steps=[40, 0]) != []
+    assert problems(*ray, "patched", [0, 0], overheld_steps=[0, 0]) == []
+    assert problems(*ray, "patched", [0, 0], overheld_steps=[0, 2]) != []
+    # An expectation of holding the stream cannot be met unweighed.
+    assert problems(*ray, "base", [0, 0]) != []
     # A reused buffer is judged by what it corrupts, not by its own size.
     assert problems("llama4", "runai-0.15.7-reuse", "patched", [0], overheld_steps=9) == []
 

@@ -73,20 +73,24 @@ def load_rows(progress: Progress) -> list[dict]:
 def engine_rows(progress: Progress, plan: list | None = None) -> list[dict]:
     """The real engine on the kernels vLLM detects (harness.engine_plan: on
     CPU at tensor parallel 2 with runai distributed streaming, on a GPU at
-    tensor parallel 1 with every streaming loader), each run against the same
-    tree's `auto`, every other setting equal. Evidence: what every rank
+    tensor parallel 1 with every streaming loader; on CPU also under vLLM's
+    Ray executor, harness.ray_plan), each run against the same tree's `auto`
+    on the same layout, every other setting equal. Evidence: what every rank
     loaded (exact), then greedy tokens (only once two `auto` runs agree)."""
     plan = harness.engine_plan() if plan is None else plan
     runs = harness.engine_runs(checkpoints.ensure, plan, progress.step)
-    stable = {model: harness.tokens_are_evidence(runs, model)
-              for model in {m for m, _, _, s in plan if s != harness.reload_scenario()}}
+    stable = {(model, harness.layout_of(s)): harness.tokens_are_evidence(
+                  runs, model, layout=harness.layout_of(s))
+              for model, _, _, s in plan if s != harness.reload_scenario()}
     rows = []
     for (model, tree, scenario), result in runs.items():
         if result["reloads"]:
             rows.append(engine_reload_row(model, tree, scenario, result))
         else:
-            reference = runs[harness.reference_key(model, tree)]
-            rows.append(engine_row(model, tree, scenario, result, reference, stable[model]))
+            layout = harness.layout_of(scenario)
+            reference = runs[harness.reference_key(model, tree, layout=layout)]
+            rows.append(engine_row(model, tree, scenario, result, reference,
+                                   stable[(model, layout)]))
     return rows
 
 
@@ -95,15 +99,25 @@ def engine_row(model: str, tree: str, scenario: str, result: dict, reference: di
     # The engine repacks weights on CPU after loading; the digests were taken
     # in every worker right before that (proof/rankdigest.py).
     per_rank = harness.differing_per_rank(result, reference)
+    ranks = result["ranks"]
+    # Weighed in every worker where asked (lab/engine.WEIGHED_LOADERS).
+    weighed = all("overheld_steps" in rank for rank in ranks)
     return {"model": f"{model} (engine)", "scenario": scenario, "tree": tree,
-            "kernel_library": result["ranks"][0]["kernels"],
+            "kernel_library": ranks[0]["kernels"],
             "differing_tensors": " / ".join(str(len(names)) for names in per_rank),
             "differing_per_rank": per_rank,
             "other_differences": harness.differences_besides_loader(result, reference),
+            "placement_problems": harness.placement_problems(result, harness.layout_of(scenario)),
+            "ray_nodes": [rank.get("ray_node") for rank in ranks],
             "tokens_identical": (result["tokens"] == reference["tokens"]
                                  if reference_stable else None),
             "reference_stable": reference_stable,
-            "peak_held_bytes": None, "load_s": None,
+            "peak_held_bytes": max(r["peak_held_bytes"] for r in ranks) if weighed else None,
+            "overheld_steps": (" / ".join(str(r["overheld_steps"]) for r in ranks)
+                               if weighed else None),
+            "overheld_per_rank": [r["overheld_steps"] for r in ranks] if weighed else None,
+            "streamed_bytes": ranks[0]["streamed_bytes"] if weighed else None,
+            "load_s": None,
             "engine_run_s": result["engine_run_s"], "tokens": result["tokens"],
             "text": result["text"]}
 
@@ -274,13 +288,14 @@ def verdict(rows: list[dict], served: dict) -> list[str]:
         what = f"{r['model']} {r['scenario']} {r['tree']}"
         if r.get("other_differences"):
             problems.append(f"{what}: differs from its reference in {r['other_differences']}")
+        problems += [f"{what}: {p}" for p in r.get("placement_problems") or []]
         # Corrupted parameters per rank (in-process loads have one rank).
         counts = ([len(names) for names in r["differing_per_rank"]]
                   if "differing_per_rank" in r else [r["differing_tensors"]])
         tokens = r["tokens_identical"] if r.get("judge_tokens", True) else None
         problems += [f"{what}: {p}" for p in expectations.problems(
             r["model"], r["scenario"], r["tree"], counts, tokens,
-            r.get("overheld_steps"))]
+            r.get("overheld_per_rank", r.get("overheld_steps")))]
         if r.get("alias_kept") is False and r["tree"] == "patched":
             problems.append(f"{what}: a reload broke the conv weights' alias")
     if served["identical"] is False:
@@ -296,8 +311,8 @@ def main() -> int:
         f"{engine.DEVICE.upper()}, tiny checkpoints, real streamer and engine")
     machine = trees.run_module("proof.machine", [], trees.tree_env("patched"),
                                "describing this machine")
-    plan = harness.engine_plan()
     in_process = engine.DEVICE == "cpu"
+    plan = harness.engine_plan() + (harness.ray_plan() if in_process else [])
     for kind in {kind for kind, *_ in plan} | ({"llama4", "nemotron_vl", "nemotron_h"}
                                                if in_process else set()):
         checkpoints.ensure(kind)
@@ -324,6 +339,11 @@ def main() -> int:
     print()
     print(format_table(rows))
     print()
+    for r in rows:
+        if any(r.get("ray_nodes") or []):
+            print(f"{r['model']} {r['scenario']} {r['tree']}: "
+                  + ", ".join(f"rank {rank} on Ray node {node}"
+                              for rank, node in enumerate(r["ray_nodes"])))
     for r in rows:
         for rank, names in enumerate(r.get("differing_per_rank") or []):
             if names:

@@ -6,7 +6,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from lab.engine import DEVICE, DEVICE_ARGS, DEVICE_LOADERS, LOADER_ENV_KEYS, LOADER_KEYS
+from lab.engine import (
+    DEVICE,
+    DEVICE_ARGS,
+    DEVICE_LOADERS,
+    LOADER_ENV_KEYS,
+    LOADER_KEYS,
+    OBSERVER_ENV_KEYS,
+    RAY_LAYOUTS,
+    RAY_LOADERS,
+)
+from lab.raycluster import placement_problems  # noqa: F401  (judged with the rest)
 from lab.trees import RUNAI_NEW_DIR, TREES, run_module, streamer_memory_limit, tree_env
 from tools.common import ForkError
 
@@ -43,11 +53,13 @@ def processor_check(tree: str, model_dir: Path) -> dict:
                       f"processor check on {tree}")
 
 
-def generate(tree: str, model_dir: Path, loader: str, reloads: int = 0) -> dict:
+def generate(tree: str, model_dir: Path, loader: str, reloads: int = 0,
+             layout: str = "mp") -> dict:
     """What the real engine loaded on every rank and generated (proof.generate),
     for one tree and loader, on the kernels vLLM detects; with reloads, also
-    after each of that many in-place reloads."""
+    after each of that many in-place reloads; on a Ray layout, under Ray."""
     args = [model_dir, loader] + ([f"--reloads={reloads}"] if reloads else [])
+    args += [] if layout == "mp" else [f"--layout={layout}"]
     result = run_module("proof.generate", args, tree_env(tree, loader),
                         f"engine run {tree}/{loader}")
     if not result["vllm_file"].startswith(str(TREES[tree] / "vllm")):
@@ -60,9 +72,11 @@ def generate(tree: str, model_dir: Path, loader: str, reloads: int = 0) -> dict:
 def settings_besides_loader(result: dict) -> dict:
     """Everything an engine run was started with except its loader and tree."""
     args = {k: v for k, v in result["engine_args"].items() if k not in LOADER_KEYS}
-    env = {k: v for k, v in result["env"].items() if k not in LOADER_ENV_KEYS}
+    env = {k: v for k, v in result["env"].items()
+           if k not in LOADER_ENV_KEYS | OBSERVER_ENV_KEYS}
     return {"engine_args": args, "env": env,
-            "kernels": [rank["kernels"] for rank in result["ranks"]]}
+            "kernels": [rank["kernels"] for rank in result["ranks"]],
+            "nodes": [rank.get("ray_node") for rank in result["ranks"]]}
 
 
 def differences_besides_loader(result: dict, reference: dict) -> list[str]:
@@ -77,6 +91,8 @@ def differences_besides_loader(result: dict, reference: dict) -> list[str]:
                              f"vs {ours[part].get(key)!r}")
     if ours["kernels"] != theirs["kernels"]:
         found.append(f"kernels: {theirs['kernels']} (reference) vs {ours['kernels']}")
+    if ours["nodes"] != theirs["nodes"]:
+        found.append(f"Ray nodes per rank: {theirs['nodes']} (reference) vs {ours['nodes']}")
     return found
 
 
@@ -101,8 +117,15 @@ RELOADS = 10
 SIDE_BY_SIDE = {"cpu": 1, "cuda": 10}
 
 
-def tp_suffix(device: str = DEVICE) -> str:
-    return f"tp{DEVICE_ARGS[device]['tensor_parallel_size']}"
+def tp_suffix(device: str = DEVICE, layout: str = "mp") -> str:
+    tp = f"tp{DEVICE_ARGS[device]['tensor_parallel_size']}"
+    return tp if layout == "mp" else f"{tp}-{layout}"
+
+
+def layout_of(scenario: str) -> str:
+    """The executor layout a scenario ran on (named last in it, mp unnamed)."""
+    return next((layout for layout in RAY_LAYOUTS
+                 if scenario.split(" ")[0].endswith(f"-{layout}")), "mp")
 
 
 def reload_scenario(device: str = DEVICE) -> str:
@@ -125,9 +148,24 @@ def engine_plan(device: str = DEVICE) -> list[tuple[str, str, str, str]]:
     return plan
 
 
-def reference_key(model: str, tree: str, device: str = DEVICE) -> tuple[str, str, str]:
-    """The run a run is compared with: the same tree's `auto`."""
-    return (model, tree, f"auto-{tp_suffix(device)}")
+def ray_plan(layouts: list[str] = RAY_LAYOUTS) -> list[tuple[str, str, str, str]]:
+    """Llama 4 on CPU under vLLM's Ray executor, per layout: the same runs as
+    engine_plan, with the copy-returning streamer too (lab/engine.RAY_LOADERS)."""
+    plan = []
+    for layout in layouts:
+        tp = tp_suffix("cpu", layout)
+        plan += [("llama4", "patched", "auto", f"auto-{tp}"),
+                 ("llama4", "patched", "auto", f"auto-{tp} (repeat)"),
+                 ("llama4", "base", "auto", f"auto-{tp}")]
+        plan += [("llama4", tree, loader, f"{loader}-{tp}")
+                 for tree in ("patched", "base") for loader in RAY_LOADERS[1:]]
+    return plan
+
+
+def reference_key(model: str, tree: str, device: str = DEVICE,
+                  layout: str = "mp") -> tuple[str, str, str]:
+    """The run a run is compared with: the same tree's `auto`, same layout."""
+    return (model, tree, f"auto-{tp_suffix(device, layout)}")
 
 
 def engine_runs(checkpoint, plan: list | None = None, progress=None,
@@ -141,7 +179,7 @@ def engine_runs(checkpoint, plan: list | None = None, progress=None,
         model, tree, loader, scenario = step
         start = time.monotonic()
         reloads = RELOADS if scenario == reload_scenario(device) else 0
-        result = generate(tree, checkpoint(model), loader, reloads)
+        result = generate(tree, checkpoint(model), loader, reloads, layout_of(scenario))
         result["engine_run_s"] = round(time.monotonic() - start, 1)
         if progress:
             progress(f"{model} engine {scenario} on {tree}")
@@ -153,8 +191,8 @@ def engine_runs(checkpoint, plan: list | None = None, progress=None,
 
 
 def tokens_are_evidence(runs: dict[tuple[str, str, str], dict], model: str,
-                        device: str = DEVICE) -> bool:
+                        device: str = DEVICE, layout: str = "mp") -> bool:
     """Whether the reference repeats its tokens: otherwise tokens prove nothing."""
-    first = runs[reference_key(model, "patched", device)]
-    again = runs[(model, "patched", f"auto-{tp_suffix(device)} (repeat)")]
+    first = runs[reference_key(model, "patched", device, layout)]
+    again = runs[(model, "patched", f"auto-{tp_suffix(device, layout)} (repeat)")]
     return first["tokens"] == again["tokens"]

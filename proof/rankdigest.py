@@ -11,19 +11,27 @@ bytes are gone. The engine then asks every rank for its digests with
 Digests are of the exact bytes (proof.loadcheck.digest): two runs compare
 equal only if every rank loaded bit-identical parameters, whatever the CPU
 rounds differently.
+
+With LAB_LIVENESS=1 (lab/engine.LIVENESS_ENV) each worker also
+weighs, after each step of the model's `load_weights`, the host tensors of
+the stream it still holds (lab/streams.Liveness), as proof/loadcheck.py does
+in one process; and each rank says which Ray node it ran on.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from vllm.model_executor.model_loader import base_loader
 
 from lab.model import digest
-from lab.streams import force_streamer_views
+from lab.streams import Liveness, force_streamer_views
 
 _LOADED: dict[str, str] = {}
+_PROBES: list[Liveness] = []
 _process_weights_after_loading = base_loader.process_weights_after_loading
+_initialize_model = base_loader.initialize_model
 
 
 def _digest_then_process(model, model_config, target_device):
@@ -32,9 +40,25 @@ def _digest_then_process(model, model_config, target_device):
     return _process_weights_after_loading(model, model_config, target_device)
 
 
+def _initialize_probed_model(*args, **kwargs):
+    """The model the loader builds, its load_weights watched by Liveness."""
+    model = _initialize_model(*args, **kwargs)
+    original = model.load_weights
+
+    def probed_load_weights(weights):
+        probe = Liveness(lambda: weights, copy=False, model=model)
+        _PROBES.append(probe)
+        return original(probe)
+
+    model.load_weights = probed_load_weights
+    return model
+
+
 # Only once per process, even if the module is imported again.
 if base_loader.process_weights_after_loading is _process_weights_after_loading:
     base_loader.process_weights_after_loading = _digest_then_process
+    if os.environ.get("LAB_LIVENESS") == "1":
+        base_loader.initialize_model = _initialize_probed_model
     # Part of the loader under test (lab/engine.LOADER_ENV), in every worker.
     if os.environ.get("LAB_STREAMER_VIEWS") == "1":
         force_streamer_views()
@@ -55,8 +79,17 @@ class LoadedParamDigests:
 
         if not _LOADED:
             raise RuntimeError("no digests: the model was not loaded through BaseModelLoader")
-        return {"rank": get_tensor_model_parallel_rank(), "kernels": kernel_library(),
-                "params": dict(_LOADED)}
+        found = {"rank": get_tensor_model_parallel_rank(), "kernels": kernel_library(),
+                 "params": dict(_LOADED), "pid": os.getpid()}
+        if _PROBES:
+            found.update({
+                "peak_held_bytes": max(p.peak_held_bytes for p in _PROBES),
+                "overheld_steps": sum(len(p.overheld) for p in _PROBES),
+                "streamed_bytes": sum(p.total_bytes for p in _PROBES)})
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            found["ray_node"] = ray.util.get_node_ip_address()
+        return found
 
     def param_digests_now(self) -> dict:
         """Every parameter as it is now (after reloads), and whether each

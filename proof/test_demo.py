@@ -51,3 +51,31 @@ def test_a_server_that_dies_is_reported_with_its_root_cause_and_its_group_stoppe
     while alive(worker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(worker), "the dead server's worker was left running"
+
+
+def ray_row(tree: str, scenario: str, overheld: list[int] | None, nodes: list[str],
+            differing: list[list[str]] | None = None) -> dict:
+    result = {"ranks": [{"rank": r, "ray_node": n} for r, n in enumerate(nodes)]}
+    return {"model": "llama4 (engine)", "scenario": scenario, "tree": tree,
+            "differing_per_rank": differing or [[], []], "differing_tensors": "0 / 0",
+            "other_differences": [], "tokens_identical": True,
+            "placement_problems": demo.harness.placement_problems(
+                result, demo.harness.layout_of(scenario)),
+            "overheld_per_rank": overheld,
+            "overheld_steps": None if overheld is None else " / ".join(map(str, overheld))}
+
+
+def test_ray_rows_are_judged_per_rank_and_by_where_they_ran():
+    two = ["127.0.0.2", "127.0.0.3"]
+    copy = "runai-0.17.0-copy-tp2-ray2nodes"
+    served = {"identical": True}
+    assert demo.verdict([ray_row("base", copy, [49, 49], two),
+                         ray_row("patched", copy, [0, 0], two)], served) == []
+    # Base must hold the copies on every rank; patched on none.
+    assert demo.verdict([ray_row("base", copy, [49, 0], two)], served) != []
+    assert demo.verdict([ray_row("patched", copy, [0, 3], two)], served) != []
+    # Weighing that did not happen cannot show what base holds.
+    assert demo.verdict([ray_row("base", copy, None, two)], served) != []
+    # Two Ray nodes means two: both workers on one node is another layout.
+    problems = demo.verdict([ray_row("patched", copy, [0, 0], ["127.0.0.2"] * 2)], served)
+    assert problems and "distinct nodes" in problems[0]

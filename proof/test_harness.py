@@ -97,3 +97,63 @@ def tiny_safetensors() -> bytes:
         offset += size
     raw = json.dumps(header).encode()
     return struct.pack("<Q", len(raw)) + raw + bytes(offset)
+
+
+def test_the_ray_plan_runs_what_the_table_expects_on_both_layouts(tmp_path):
+    """Under Ray, every run of each layout is compared with the same tree's
+    `auto` on the same layout; arguments differ in the loader alone (and the
+    executor from mp), the environment in the loader and the observer."""
+    (tmp_path / "model.safetensors").write_bytes(tiny_safetensors())
+    plan = harness.ray_plan()
+    assert sorted({s for *_, s in plan}) == sorted(expectations.RAY_SCENARIOS)
+    assert tuple(engine.RAY_LAYOUTS) == expectations.RAY_LAYOUTS
+    loaders = {scenario: loader for _, _, loader, scenario in plan}
+    for model, tree, loader, scenario in plan:
+        layout = harness.layout_of(scenario)
+        assert layout in engine.RAY_LAYOUTS
+        ref_scenario = harness.reference_key(model, tree, "cpu", layout)[2]
+        assert harness.layout_of(ref_scenario) == layout
+        args = engine.engine_args(str(tmp_path), loader, "cpu", layout)
+        reference = engine.engine_args(str(tmp_path), loaders[ref_scenario], "cpu", layout)
+        assert args["distributed_executor_backend"] == "ray"
+        assert {k for k in args.keys() | reference.keys()
+                if args.get(k) != reference.get(k)} <= engine.LOADER_KEYS
+        env, ref_env = (engine.engine_env(loader, "cpu", layout),
+                        engine.engine_env("auto", "cpu", layout))
+        assert {k for k in env.keys() | ref_env.keys() if env.get(k) != ref_env.get(k)} <= (
+            engine.LOADER_ENV_KEYS | engine.OBSERVER_ENV_KEYS)
+        # Only the copy-returning streamer is weighed (it is what is judged).
+        assert ("LAB_LIVENESS" in env) == (loader in engine.WEIGHED_LOADERS)
+        expectations.expected(f"{model} (engine)", scenario, tree)
+    assert {harness.layout_of(s) for *_, s in harness.engine_plan("cpu")} == {"mp"}
+
+
+def test_the_weighing_observer_is_no_difference_but_anything_else_is():
+    weighed = fake_run("runai-0.15.7-dist",
+                       env={"VLLM_CPU_OMP_THREADS_BIND": "0|1", "LAB_LIVENESS": "1"})
+    assert harness.differences_besides_loader(weighed, fake_run("auto")) == []
+    other = fake_run("runai-0.15.7-dist",
+                     env={"VLLM_CPU_OMP_THREADS_BIND": "0|1", "LAB_SOMETHING": "1"})
+    assert harness.differences_besides_loader(other, fake_run("auto")) != []
+
+
+def placed(*nodes) -> dict:
+    return {"ranks": [{"rank": r, "ray_node": node} for r, node in enumerate(nodes)]}
+
+
+def test_workers_must_run_where_the_layout_puts_them():
+    assert harness.placement_problems(placed("127.0.0.2", "127.0.0.3"), "ray2nodes") == []
+    assert harness.placement_problems(placed("127.0.0.2", "127.0.0.2"), "ray1node") == []
+    assert harness.placement_problems(placed("127.0.0.2", "127.0.0.2"), "ray2nodes") != []
+    assert harness.placement_problems(placed("127.0.0.2", "127.0.0.3"), "ray1node") != []
+    assert harness.placement_problems(placed("10.0.0.5", "127.0.0.3"), "ray2nodes") != []
+    assert harness.placement_problems(placed(None, None), "ray1node") != []
+    assert harness.placement_problems(placed(None, None), "mp") == []
+    assert harness.placement_problems(placed("127.0.0.2", None), "mp") != []
+
+
+def test_a_runs_ray_nodes_are_a_setting_like_any_other():
+    one, two = fake_run("auto"), fake_run("runai-0.15.7-dist")
+    for rank, node in zip(two["ranks"], ("127.0.0.2", "127.0.0.3"), strict=True):
+        rank["ray_node"] = node
+    assert harness.differences_besides_loader(two, one) != []

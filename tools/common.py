@@ -243,7 +243,10 @@ TAIL_LINES = 30
 
 # A worker's lines start with "(Worker_TP0 pid=...)", and vLLM's logger puts
 # "ERROR 12-01 15:31:02 [file.py:772]" before every line of a traceback it logs.
-WORKER_PREFIX = re.compile(r"^\([\w.-]+ pid=\d+\)\s*")
+# Under Ray, a worker's lines come through the engine core and Ray's log
+# monitor: "(EngineCore pid=1) \x1b[36m(RayWorkerProc pid=2)\x1b[0m (Worker_TP1 pid=2)".
+WORKER_PREFIX = re.compile(r"^(\([\w.:-]+ pid=\d+\)\s*)+")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 ERROR_LOG_PREFIX = re.compile(r"^(ERROR|CRITICAL) [\d-]+ [\d:.]+ \[[^\]]*\]\s*")
 # The last line of a traceback: the exception and its message.
 EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt): ")
@@ -259,10 +262,12 @@ def root_cause(output: str) -> str | None:
     front end, which may be printed first."""
     found = []
     for line in output.splitlines():
-        bare = ERROR_LOG_PREFIX.sub("", WORKER_PREFIX.sub("", line.strip()))
+        line = ANSI_ESCAPE.sub("", line).strip()
+        bare = ERROR_LOG_PREFIX.sub("", WORKER_PREFIX.sub("", line))
         if EXCEPTION_LINE.match(bare) and not any(e in bare for e in ECHOES):
-            found.append(line.strip())
-    workers = [line for line in found if line.startswith("(Worker")]
+            found.append(line)
+    workers = [line for line in found
+               if re.match(r"^(\([\w.:-]+ pid=\d+\)\s*)*\((Worker|RayWorkerProc)", line)]
     return (workers or found or [None])[0]
 
 

@@ -6,7 +6,7 @@
 what reading the vLLM sdist's metadata needs. `all` (the default) also
 materializes build/vllm, puts the precompiled CPU kernels into it and into
 the base worktree, installs the tree editable, installs the test-only CPU
-workaround plugin and the second streamer version, and runs a smoke check.
+plugins and the second streamer version, and runs a smoke check.
 Each step is skipped when its inputs have not changed since it last ran.
 """
 
@@ -34,7 +34,8 @@ from tools.common import (
 )
 
 LOCK = ROOT / "env" / "requirements.lock"
-PLUGIN = ROOT / "env" / "cpu_moe_workaround"
+# Test-environment-only vLLM plugins (see each module's docstring).
+PLUGINS = [ROOT / "env" / "cpu_moe_workaround", ROOT / "env" / "cpu_ray_resource"]
 # The newest streamer (copy-returning by default), installed beside 0.15.7 and
 # put on sys.path per process (see proof/harness.py).
 RUNAI_NEW = "runai-model-streamer==0.17.0"
@@ -162,15 +163,16 @@ def ensure_editable(pin: dict) -> None:
     write_stamp("editable", key)
 
 
-def ensure_plugin() -> None:
-    key = digest(*(p.read_bytes() for p in sorted(PLUGIN.rglob("*.py"))),
-                 (PLUGIN / "pyproject.toml").read_bytes())
-    if stamp_ok("plugin", key):
-        return
-    say("installing the CPU MoE workaround plugin (test environment only)")
-    run([str(PY), "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-q",
-         "--force-reinstall", str(PLUGIN)])
-    write_stamp("plugin", key)
+def ensure_plugins() -> None:
+    for plugin in PLUGINS:
+        key = digest(*(p.read_bytes() for p in sorted(plugin.glob("*.py"))),
+                     (plugin / "pyproject.toml").read_bytes())
+        if stamp_ok(f"plugin-{plugin.name}", key):
+            continue
+        say(f"installing the test-environment plugin {plugin.name}")
+        run([str(PY), "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-q",
+             "--force-reinstall", str(plugin)])
+        write_stamp(f"plugin-{plugin.name}", key)
 
 
 SMOKE = """
@@ -211,7 +213,7 @@ def main() -> int:
     wheel = fetch_wheel(pin, str(PY))
     unpack_kernels(wheel, pin["cpu_kernels"]["files"], [TREE, BASE_TREE])
     ensure_editable(pin)
-    ensure_plugin()
+    ensure_plugins()
     ensure_runai_new()
     for tree in (TREE, BASE_TREE):
         smoke(tree)

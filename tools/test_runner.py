@@ -48,7 +48,32 @@ def test_a_missing_program_is_a_message():
         run(["/nonexistent/python"], "the step")
 
 
-''' + open('/tmp/rootcause_block.py').read() + '''
+def test_the_root_cause_is_a_workers_first_exception_not_its_echoes():
+    from tools.common import root_cause
+
+    output = "\n".join([
+        "(EngineCore pid=7) ERROR 12-03 11:59:58 [core.py:1140] "
+        "RuntimeError: Engine core initialization failed. See root cause above.",
+        "(Worker_TP1 pid=9) ERROR 12-03 11:59:57 [multiproc_executor.py:772] "
+        "ValueError: shape mismatch",
+        "(Worker_TP0 pid=8) ERROR 12-03 11:59:57 [x.py:1] KeyError: 'w'",
+        "RuntimeError: cancelled",
+    ])
+    assert root_cause(output).endswith("ValueError: shape mismatch")
+    assert root_cause("ValueError: plain process") == "ValueError: plain process"
+    assert root_cause("RuntimeError: cancelled\nnothing else") is None
+
+
+def test_under_ray_a_workers_exception_is_found_through_the_log_monitors_prefixes():
+    from tools.common import root_cause
+
+    output = "\n".join([
+        "(EngineCore pid=7) ERROR 12-03 [core.py:1] RuntimeError: actor died",
+        "(EngineCore pid=7) \x1b[36m(RayWorkerProc pid=9)\x1b[0m (Worker_TP1 pid=9) "
+        "ERROR 12-03 11:59:57 [w.py:3] OSError: weights file cut short",
+    ])
+    assert root_cause(output) == ("(EngineCore pid=7) (RayWorkerProc pid=9) (Worker_TP1 pid=9) "
+                                  "ERROR 12-03 11:59:57 [w.py:3] OSError: weights file cut short")
 
 
 # -- entry points: each injected failure is one line -------------------------

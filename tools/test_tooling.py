@@ -251,3 +251,13 @@ def test_a_gpu_page_from_another_series_is_a_warning_naming_it(tmp_path):
     (tmp_path / "docs" / "gpu-results.json").write_text("{}")
     assert "docs/gpu.md is from a series it does not name" in lint.stale_gpu_pages(
         tmp_path, current)[0]
+
+
+def test_a_relock_keeps_every_locked_version_but_those_requirements_in_names():
+    from tools.lock import kept_versions, package_name
+
+    lock = "# generated\nray==2.47.0\nmsgpack==1.2.4\nTorch==2.11.0\nzipp==3.20.0\n"
+    requirements_in = "# comment naming zipp\ntorch==2.11.0\nRay[default]==2.48.0\n\n"
+    assert kept_versions(lock, requirements_in) == ["msgpack==1.2.4", "zipp==3.20.0"]
+    assert package_name("huggingface_hub==1.10.2") == "huggingface-hub"
+    assert package_name("setuptools-scm>=8") == "setuptools-scm"
