@@ -85,8 +85,10 @@ gpu-env:
 	  $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE))
 
 # On a connected machine, for an offline GPU node with the given Python:
-#   make gpu-wheelhouse DEST=dir [PYTHON=python3.12]
+#   make gpu-wheelhouse DEST=dir [PYTHON=python3.12 | PYTHON_VERSION=3.12] [EXISTING_TORCH=1]
+# EXISTING_TORCH=1: for a node that has torch 2.11.0 (no torch stack, a few hundred MB).
 gpu-wheelhouse:
-	@test -n "$(DEST)" || { echo "usage: make gpu-wheelhouse DEST=<new dir> [PYTHON=python3.12]"; exit 2; }
+	@test -n "$(DEST)" || { echo "usage: make gpu-wheelhouse DEST=<new dir> [PYTHON=python3.12 | PYTHON_VERSION=3.12] [EXISTING_TORCH=1]"; exit 2; }
 	$(MAKE) --no-print-directory tree
-	python3 -m tools.gpu_env wheelhouse $(DEST) $(if $(PYTHON),--python $(PYTHON))
+	python3 -m tools.gpu_env wheelhouse $(DEST) $(if $(PYTHON),--python $(PYTHON)) \
+	  $(if $(PYTHON_VERSION),--for-python $(PYTHON_VERSION)) $(if $(EXISTING_TORCH),--existing-torch)

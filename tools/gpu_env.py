@@ -1,7 +1,7 @@
 """Install build/vllm on an NVIDIA GPU node, the way upstream documents it.
 
     python3 -m tools.gpu_env [--python PY | --existing-torch PY] [--wheelhouse DIR]
-    python3 -m tools.gpu_env wheelhouse DIR [--python PY]
+    python3 -m tools.gpu_env wheelhouse DIR [--python PY | --for-python X.Y] [--existing-torch]
 
 The series changes Python files only, so the kernels of the official
 vLLM 0.21.0 CUDA wheel fit the patched tree. Upstream's route for that is
@@ -19,7 +19,9 @@ Routes (one of the first two, optionally with the third):
   tree's requirements for the install, so pip never replaces that torch; the
   tree's files are put back afterwards.
 - --wheelhouse DIR: offline. Every file comes from DIR, which `wheelhouse DIR`
-  made on a connected machine with the node's Python version. DIR is checked
+  made on a connected machine with the node's Python version (with
+  --existing-torch, a few hundred MB instead of GBs: no torch, triton or
+  nvidia-* libraries, which such a node has). DIR is checked
   against its SHA256SUMS and pin.toml before anything is installed, and its
   packages are installed with pip's --require-hashes.
 
@@ -243,7 +245,8 @@ def lock_text(files: dict[str, str], kernels_wheel: str, beside: str = "") -> st
     return "\n".join(lines) + "\n"
 
 
-def verify_wheelhouse(wheelhouse: Path, pin: dict, python: str) -> dict:
+def verify_wheelhouse(wheelhouse: Path, pin: dict, python: str,
+                      existing_torch: bool = False) -> dict:
     """Refuse a wheelhouse that is not exactly what was made: every file
     listed with its hash, nothing missing, nothing added, the pinned files
     as pinned, made for this Python."""
@@ -271,6 +274,9 @@ def verify_wheelhouse(wheelhouse: Path, pin: dict, python: str) -> dict:
     if not about.get("streamer_beside"):
         raise ForkError(f"{wheelhouse} has no runai-model-streamer 0.17.0 for the proofs "
                         "(made by an older version of this tooling): make it again")
+    if about.get("existing_torch") and not existing_torch:
+        raise ForkError(f"{wheelhouse} has no torch (made with EXISTING_TORCH=1): install with "
+                        "`make gpu-env EXISTING_TORCH=<the python that has torch 2.11.0>`")
     have = python_version(python)
     if about["python"] != have:
         raise ForkError(f"{wheelhouse} was made for Python {about['python']}, this is "
@@ -278,9 +284,32 @@ def verify_wheelhouse(wheelhouse: Path, pin: dict, python: str) -> dict:
     return about
 
 
-def make_wheelhouse(dest: Path, python: str) -> None:
+def torch_stack(name: str) -> bool:
+    """What a node with torch already has: torch, its companions, triton and
+    the CUDA libraries torch's wheel brings (nvidia-*)."""
+    name = normalized(name)
+    return name in TORCH_PACKAGES or name == "triton" or name.startswith("nvidia-")
+
+
+def resolved(python: str, target: list[str], requirements: list[str]) -> list[str]:
+    """name==version of every package `requirements` resolve to, for the
+    target Python, without downloading them (pip's dry run and its report;
+    the index's wheel metadata is enough)."""
+    report = BUILD / "gpu-wheelhouse-report.json"
+    run([python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+         "--only-binary", ":all:", "--report", str(report), "-c", str(constraints()),
+         *(target and ["--target", str(BUILD / "gpu-wheelhouse-dry-run")]), *target,
+         *requirements])
+    return sorted(f"{normalized(item['metadata']['name'])}=={item['metadata']['version']}"
+                  for item in json.loads(report.read_text())["install"])
+
+
+def make_wheelhouse(dest: Path, python: str, for_python: str | None = None,
+                    existing_torch: bool = False) -> None:
     """On a connected machine: everything the install needs, for `python`'s
-    version, with the tree's own requirement files as the input."""
+    version (or `for_python`'s, X.Y, on this machine's platform), with the
+    tree's own requirement files as the input. With `existing_torch`, for a
+    node that has torch 2.11.0: the torch stack is left out."""
     pin = load_pin()
     if not (TREE / "requirements" / "cuda.txt").exists():
         raise ForkError(f"{TREE} is not materialized; run `make tree` first")
@@ -294,23 +323,35 @@ def make_wheelhouse(dest: Path, python: str) -> None:
     wheel = fetch_cuda_wheel(pin)
     sdist = fetch_sdist(pin)
     torch_pins = wheel_torch_pins(wheel)
-    say(f"downloading the CUDA requirements for Python {python_version(python)} into "
-        f"{partial.name} (several GB: torch and its CUDA libraries)")
-    run_showing_progress([
-        python, "-m", "pip", "download", "--only-binary", ":all:", "--progress-bar", "off",
-        "-d", str(partial), "-c", str(constraints()),
-        "-r", str(TREE / "requirements" / "build" / "cuda.txt"),
-        "-r", str(TREE / "requirements" / "cuda.txt"), *torch_pins, streamer_requirement()])
+    version = for_python or python_version(python)
+    target = ["--python-version", version] if for_python else []
+    download = [python, "-m", "pip", "download", "--only-binary", ":all:", "--progress-bar", "off",
+                "-d", str(partial), *target]
+    requirements = ["-r", str(TREE / "requirements" / "build" / "cuda.txt"),
+                    "-r", str(TREE / "requirements" / "cuda.txt"), *torch_pins,
+                    streamer_requirement()]
+    if existing_torch:
+        say(f"resolving the CUDA requirements for Python {version}")
+        wanted = resolved(python, target, requirements)
+        kept = [req for req in wanted if not torch_stack(req.split("==")[0])]
+        left_out = sorted(set(wanted) - set(kept))
+        say(f"{len(wanted)} packages; leaving out the {len(left_out)} of the torch stack the "
+            f"node has ({', '.join(r.split('==')[0] for r in left_out[:6])}, ...); "
+            f"downloading {len(kept)} into {partial.name}")
+        run_showing_progress([*download, "--no-deps", *kept])
+    else:
+        say(f"downloading the CUDA requirements for Python {version} into "
+            f"{partial.name} (several GB: torch and its CUDA libraries)")
+        run_showing_progress([*download, "-c", str(constraints()), *requirements])
     before = {p.name for p in partial.iterdir()}
-    run([python, "-m", "pip", "download", "--only-binary", ":all:", "--no-deps",
-         "--progress-bar", "off", "-d", str(partial), RUNAI_NEW])
+    run([*download, "--no-deps", RUNAI_NEW])
     beside = (({p.name for p in partial.iterdir()} - before) or {""}).pop()
     for path in (wheel, sdist):
         shutil.copy2(path, partial / path.name)
     files = {p.name: sha256_of(p) for p in sorted(partial.iterdir())}
     (partial / LOCKFILE).write_text(lock_text(files, wheel.name, beside))
-    about = {"python": python_version(python), "kernels_wheel": wheel.name, "sdist": sdist.name,
-             "streamer_beside": beside,
+    about = {"python": version, "kernels_wheel": wheel.name, "sdist": sdist.name,
+             "streamer_beside": beside, "existing_torch": existing_torch,
              "pin": {"sdist_sha256": pin["upstream"]["sdist_sha256"],
                      "cuda_wheel_sha256": cuda_pin(pin)["wheel_sha256"]}}
     (partial / ABOUT).write_text(json.dumps(about, indent=1) + "\n")
@@ -318,9 +359,10 @@ def make_wheelhouse(dest: Path, python: str) -> None:
         files[name] = sha256_of(partial / name)
     (partial / SUMS).write_text("".join(f"{d}  {n}\n" for n, d in sorted(files.items())))
     partial.rename(dest)
-    total = sum(p.stat().st_size for p in dest.iterdir()) / 2**30
-    say(f"wrote {dest}: {len(files)} files, {total:.1f} GiB; copy it to the node and run "
-        f"`make gpu-env WHEELHOUSE={dest}` there")
+    total = sum(p.stat().st_size for p in dest.iterdir()) / 2**20
+    route = "EXISTING_TORCH=<its python> " if existing_torch else ""
+    say(f"wrote {dest}: {len(files)} files, {total:.0f} MiB; copy it to the node and run "
+        f"`make gpu-env {route}WHEELHOUSE={dest}` there")
 
 
 # -- install -------------------------------------------------------------------
@@ -335,6 +377,7 @@ if not current_platform.is_cuda():
 current_platform.import_kernels()
 assert hasattr(torch.ops._C, "rms_norm"), "custom op rms_norm is not registered"
 import vllm.vllm_flash_attn
+import vllm.entrypoints.openai.api_server  # what `vllm serve` imports (uvicorn, ...)
 print(f"smoke: CUDA platform on {torch.cuda.get_device_name(0)}, "
       f"{torch.cuda.device_count()} GPU(s), rms_norm registered, flash-attention imports")
 """
@@ -381,6 +424,16 @@ def smoke(python: str, tree: Path = TREE) -> bool:
     raise ForkError(f"the installed tree does not start: {failed}")
 
 
+def unmet_requirements(python: str, installed: set[str]) -> list[str]:
+    """pip check's complaints about what this install put in: a requirement
+    the environment lacks or has at another version (a package that an
+    existing-torch node lacks is found here, not when the demo serves).
+    Complaints about the rest of the environment are not ours to judge."""
+    proc = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)
+    return [line.strip() for line in proc.stdout.splitlines()
+            if line.strip() and normalized(line.split()[0]) in installed]
+
+
 def install(python: str | None, existing_torch: str | None, wheelhouse: Path | None) -> str:
     pin = load_pin()
     if existing_torch:
@@ -390,7 +443,8 @@ def install(python: str | None, existing_torch: str | None, wheelhouse: Path | N
             say(f"creating {CUDA_VENV.name} with {python or 'python3'}")
             run([python or "python3", "-m", "venv", str(CUDA_VENV)])
         target = str(CUDA_VENV / "bin" / "python")
-    about = verify_wheelhouse(wheelhouse, pin, target) if wheelhouse else None
+    about = (verify_wheelhouse(wheelhouse, pin, target, bool(existing_torch)) if wheelhouse
+             else None)
     index = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse else None
     wheel = fetch_cuda_wheel(pin, target, index_args=index)
     torch_pins = wheel_torch_pins(wheel)
@@ -444,6 +498,14 @@ def install(python: str | None, existing_torch: str | None, wheelhouse: Path | N
             f"{BASE_TREE.relative_to(ROOT)} (`make env` takes them out again)")
     if not wheelhouse:
         run_showing_progress(pip(target, streamer_requirement()))
+    installed = {"vllm"} | {normalized(line.split("==")[0]) for line in lock} if wheelhouse \
+        else {"vllm"}
+    unmet = unmet_requirements(target, installed)
+    if unmet:
+        raise ForkError(f"{target}'s environment lacks what the tree needs: {'; '.join(unmet)}"
+                        + (f" ({wheelhouse} leaves out the torch stack, which this node must "
+                           "have: make a wheelhouse without EXISTING_TORCH)"
+                           if about and about.get("existing_torch") else ""))
     beside = str(wheelhouse / about["streamer_beside"]) if about else RUNAI_NEW
     say(f"installing {RUNAI_NEW} into {RUNAI_NEW_DIR.relative_to(ROOT)} (beside the locked one)")
     run_showing_progress(pip(target, "--no-deps", "--upgrade", "--target", str(RUNAI_NEW_DIR),
@@ -461,13 +523,18 @@ def main() -> int:
     wh.add_argument("dest", type=Path)
     wh.add_argument("--python", default="python3",
                     help="an interpreter of the node's Python version (default python3)")
+    wh.add_argument("--for-python", metavar="X.Y",
+                    help="the node's Python version, where no such interpreter is here "
+                         "(wheels for this machine's platform)")
+    wh.add_argument("--existing-torch", action="store_true",
+                    help="for a node that has torch 2.11.0: leave out the torch stack")
     parser.add_argument("--python", help="interpreter that creates .venv-cuda (default python3)")
     parser.add_argument("--existing-torch", metavar="PY",
                         help="install into PY's environment and keep its torch 2.11.0")
     parser.add_argument("--wheelhouse", type=Path, help="install offline from this directory")
     args = parser.parse_args()
     if args.verb == "wheelhouse":
-        make_wheelhouse(args.dest.resolve(), args.python)
+        make_wheelhouse(args.dest.resolve(), args.python, args.for_python, args.existing_torch)
         return 0
     if args.python and args.existing_torch:
         parser.error("--python makes .venv-cuda; --existing-torch installs into PY: one of them")

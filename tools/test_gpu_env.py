@@ -154,6 +154,35 @@ def test_a_wheelhouse_for_another_python_is_refused(wheelhouse):
         gpu_env.verify_wheelhouse(dest, pin, sys.executable)
 
 
+def test_an_existing_torch_wheelhouse_is_refused_where_torch_would_be_installed(wheelhouse):
+    dest, pin = wheelhouse
+    rewrite_about(dest, lambda about: about.update(existing_torch=True))
+    with pytest.raises(ForkError, match="has no torch .*EXISTING_TORCH="):
+        gpu_env.verify_wheelhouse(dest, pin, sys.executable)
+    assert gpu_env.verify_wheelhouse(dest, pin, sys.executable, existing_torch=True)
+
+
+@pytest.mark.parametrize("name, left_out", [
+    ("torch", True), ("torchvision", True), ("torchaudio", True), ("triton", True),
+    ("nvidia-cublas", True), ("nvidia_cudnn_cu13", True), ("nvidia-nccl-cu13", True),
+    # What vllm serve imports beside torch stays, also when it is CUDA-flavoured.
+    ("uvicorn", False), ("model-hosting-container-standards", False), ("xgrammar", False),
+    ("cuda-bindings", False), ("flashinfer-python", False), ("torchao", False)])
+def test_an_existing_torch_wheelhouse_leaves_out_the_torch_stack_only(name, left_out):
+    assert gpu_env.torch_stack(name) is left_out
+
+
+def test_what_the_install_leaves_unmet_is_found_and_only_for_its_packages(tmp_path):
+    check = ("vllm 0.21.1.dev3 requires uvicorn, which is not installed.\n"
+             "fastapi 0.136.0 has requirement starlette<0.50, but you have starlette 0.51.\n"
+             "some-node-tool 1.0 requires torch==2.9.0, but you have torch 2.11.0.\n")
+    python = interpreter_running(tmp_path, f"print({check!r}, end='')\nraise SystemExit(1)")
+    assert gpu_env.unmet_requirements(python, {"vllm", "fastapi"}) == [
+        "vllm 0.21.1.dev3 requires uvicorn, which is not installed.",
+        "fastapi 0.136.0 has requirement starlette<0.50, but you have starlette 0.51."]
+    assert gpu_env.unmet_requirements(python, {"numpy"}) == []
+
+
 def test_the_kernels_torch_is_read_from_the_pins_in_any_order():
     pins = ["torchaudio==2.11.0", "torch==2.11.0", "torchvision==0.26.0"]
     assert gpu_env.pinned_torch(pins) == "2.11.0"
