@@ -1,18 +1,25 @@
-"""`make bench DEVICE=cuda`: host memory and load time of a Scout-shaped
-load into the real engine on one GPU, base against the fork.
+"""`make bench DEVICE=cuda`: load throughput and host memory of a
+Scout-shaped load into the real engine on one GPU, at vLLM's default thread
+settings: base, the fork without its last patch, and the fork.
 
     python -m bench.gpu [--docs-only]
 
 A Llama-4-Scout-shaped checkpoint at real widths (bench/scout.py) is loaded
-by the engine at tensor parallel 1 with runai-model-streamer 0.17.0
-(copies), on the base and the patched tree, and with `auto` as the
-reference; each streaming load twice: with runai's default memory limit and
-with a bounded one (BOUNDED_TENSORS times the largest tensor). A sampler
-reads the anonymous memory (RssAnon) of every process of the engine's
-process tree every few milliseconds; the number that counts is its peak
-between the start and the end of the worker's `load_weights`
-(bench/gpuload.py). Every run has the same OMP_NUM_THREADS: vLLM's workers
-copy weights to the GPU on those threads, so the load time follows it.
+by the engine at tensor parallel 1 on three trees: the base, the fork
+without its last patch (build/vllm-without-last, made here), and the fork.
+Each with `auto` and with runai-model-streamer 0.17.0 (copies), the latter
+with runai's default memory limit and with a bounded one (BOUNDED_TENSORS
+times the largest tensor). Nothing sets OMP_NUM_THREADS: vLLM's workers
+then run torch on one thread, as users get it. One extra run, labelled,
+forces OMP_NUM_THREADS to the CPU count.
+
+Per run: the worker's `load_weights` time (bench/gpuload.py), throughput
+(checkpoint bytes / that time), and the peak anonymous memory (RssAnon) of
+the engine's whole process tree during it, sampled every few milliseconds.
+bench/h2d.py measures the node's host-to-device limits beside them.
+
+Each run's result is kept in build/bench/cuda-runs/ under the series' tree
+HEAD, so that a bench cut short goes on where it stopped.
 
 Writes build/bench/results-cuda.json, keeps a copy as docs/benchmarks-gpu.json
 and generates docs/benchmarks-gpu.md from it (`--docs-only` regenerates the
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,12 +62,18 @@ SAMPLE_EVERY_S = 0.01
 LOAD_TIMEOUT_S = 900
 # A stopped run's processes must release their memory before the next run starts.
 DRAIN_TIMEOUT_S = 60
-# (label, tree, load format, limit): "default" is runai's own limit.
-RUNS = [("auto", "patched", "auto", "default"),
-        ("base, runai default limit", "base", "runai_streamer", "default"),
-        ("patched, runai default limit", "patched", "runai_streamer", "default"),
-        ("base, runai bounded", "base", "runai_streamer", "bounded"),
-        ("patched, runai bounded", "patched", "runai_streamer", "bounded")]
+RUNS_DIR = BUILD / "bench" / "cuda-runs"
+# (label, tree, load format, limit, forced threads): "default" is runai's own
+# limit; trees as lab.trees names them.
+TREE_LABELS = {"base": "base", "without-last": "fork without its last patch",
+               "patched": "fork"}
+RUNS = [(f"{TREE_LABELS[tree]}, {what}", tree, load_format, limit, False)
+        for tree in ("base", "without-last", "patched")
+        for what, load_format, limit in (("auto", "auto", "default"),
+                                         ("runai default limit", "runai_streamer", "default"),
+                                         ("runai bounded", "runai_streamer", "bounded"))]
+FORCED = "fork, auto, OMP_NUM_THREADS = CPU count (extra)"
+RUNS.append((FORCED, "patched", "auto", "default", True))
 
 
 def tree_anon_bytes(session: int) -> int:
@@ -82,11 +96,14 @@ def tree_anon_bytes(session: int) -> int:
     return total
 
 
-def measured_run(tree: str, model: Path, load_format: str, limit: str, omp: str) -> dict:
+def measured_run(tree: str, model: Path, load_format: str, limit: str,
+                 omp: str | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out, log = Path(tmp) / "result.json", Path(tmp) / "log"
-        env = {**trees.tree_env(tree, "runai-0.17.0"), "OMP_NUM_THREADS": omp,
-               "VLLM_USE_FLASHINFER_SAMPLER": "0"}
+        env = {**trees.tree_env(tree, "runai-0.17.0"), "VLLM_USE_FLASHINFER_SAMPLER": "0"}
+        env.pop("OMP_NUM_THREADS", None)  # vLLM's default, unless the run forces one
+        if omp:
+            env["OMP_NUM_THREADS"] = omp
         cmd = [trees.PYTHON, "-m", "bench.gpuload", str(model), load_format, limit, str(out)]
         samples: list[tuple[float, int]] = []
         with log.open("w") as sink:
@@ -137,74 +154,147 @@ def measured_run(tree: str, model: Path, load_format: str, limit: str, omp: str)
             "load_s": round(end - start, 2), "peak_tree_anon": max(during),
             "tree_anon_at_start": before[-1] if before else None,
             "samples_during_load": len(during), "engine_args": result["engine_args"],
-            "runai_file": result["runai_file"]}
+            "omp_num_threads": result["omp_num_threads"], "runai_file": result["runai_file"]}
 
 
 def machine() -> dict:
     return trees.run_module("proof.machine", [], trees.tree_env("patched"), "describing this GPU")
 
 
-def run_all() -> dict:
+def ensure_without_last() -> None:
+    """build/vllm-without-last: the series but its last patch, as a worktree,
+    with the CUDA build's files of build/vllm (the kernels fit every tree:
+    the series changes Python files only)."""
+    from tools.common import TREE, git
+    from tools.env import CUDA_FILES
+    from tools.tree import SDIST_SHIPPED_IGNORED
+
+    dest = trees.WITHOUT_LAST_TREE
+    commit = git(TREE, "rev-parse", "HEAD~1").stdout.strip()
+    if dest.exists() and git(dest, "rev-parse", "HEAD", check=False).stdout.strip() == commit:
+        return
+    say(f"adding worktree {dest.name} at {commit[:12]} (the series without its last patch)")
+    if dest.exists():
+        git(dest, "checkout", "-q", "--detach", commit)
+    else:
+        git(TREE, "worktree", "prune")
+        git(TREE, "worktree", "add", "-q", "--detach", str(dest), commit)
+    names = json.loads(CUDA_FILES.read_text()) if CUDA_FILES.exists() else []
+    if not names:
+        raise ForkError(f"{TREE} has no CUDA build's files recorded: run `make gpu-env` first")
+    for name in [*names, *SDIST_SHIPPED_IGNORED]:
+        if (TREE / name).exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(TREE / name, dest / name)
+
+
+def gbps(checkpoint_bytes: int, seconds: float) -> float:
+    return checkpoint_bytes / seconds / 1e9
+
+
+def run_all(identity: dict) -> dict:
     from bench import scout
 
     model = scout.ensure()
+    ensure_without_last()
     largest = trees.largest_tensor_bytes(model)
+    size = trees.checkpoint_bytes(model)
     bounded = BOUNDED_TENSORS * largest
-    omp = str(os.cpu_count())
+    kept = RUNS_DIR / identity["tree_head"][:12]
+    kept.mkdir(parents=True, exist_ok=True)
     runs = {}
-    for i, (label, tree, load_format, limit) in enumerate(RUNS, 1):
-        value = str(bounded) if limit == "bounded" else limit
+    for i, (label, tree, load_format, limit, forced) in enumerate(RUNS, 1):
+        done = kept / (label.replace(" ", "_").replace("/", "_") + ".json")
+        if done.exists():
+            runs[label] = json.loads(done.read_text())
+            say(f"[{i}/{len(RUNS)}] {label}: kept from an earlier run of this series")
+            continue
         say(f"[{i}/{len(RUNS)}] {label}")
-        runs[label] = measured_run(tree, model, load_format, value, omp)
-        say(f"    peak host anon of the process tree during the load "
-            f"{runs[label]['peak_tree_anon'] / GIB:.1f} GiB, load {runs[label]['load_s']} s")
-    ratios = {f"base_over_patched_{kind}": runs[f"base, runai {kind}"]["peak_tree_anon"]
-              / runs[f"patched, runai {kind}"]["peak_tree_anon"]
-              for kind in ("default limit", "bounded")}
-    ratios["patched_bounded_over_default_load_time"] = (
-        runs["patched, runai bounded"]["load_s"] / runs["patched, runai default limit"]["load_s"])
-    return {"machine": machine(), "checkpoint_bytes": trees.checkpoint_bytes(model),
-            "largest_tensor_bytes": largest, "bounded_limit_bytes": bounded,
-            "omp_num_threads": omp, "scout_layers": scout.LAYERS, "runs": runs,
-            "ratios": ratios}
+        value = str(bounded) if limit == "bounded" else limit
+        run = measured_run(tree, model, load_format, value, str(os.cpu_count()) if forced else None)
+        run["gb_per_s"] = round(gbps(size, run["load_s"]), 3)
+        done.write_text(json.dumps(run, indent=1))
+        runs[label] = run
+        say(f"    load {run['load_s']} s, {run['gb_per_s']:.2f} GB/s; peak host anon of the "
+            f"process tree {run['peak_tree_anon'] / GIB:.1f} GiB")
+    fork, prev, base = TREE_LABELS["patched"], TREE_LABELS["without-last"], "base"
+
+    def ratio(a: str, b: str, key: str) -> float:
+        return runs[a][key] / runs[b][key]
+
+    ratios = {
+        "fork_over_without_last_speed_auto": ratio(f"{fork}, auto", f"{prev}, auto", "gb_per_s"),
+        "fork_over_without_last_speed_runai": ratio(f"{fork}, runai default limit",
+                                                    f"{prev}, runai default limit", "gb_per_s"),
+        "fork_default_over_bounded_memory": ratio(f"{fork}, runai default limit",
+                                                  f"{fork}, runai bounded", "peak_tree_anon"),
+        "base_over_fork_memory_default": ratio(f"{base}, runai default limit",
+                                               f"{fork}, runai default limit", "peak_tree_anon"),
+        "base_over_fork_memory_bounded": ratio(f"{base}, runai bounded", f"{fork}, runai bounded",
+                                               "peak_tree_anon"),
+    }
+    h2d = trees.run_module("bench.h2d", [str(model)], trees.tree_env("patched"),
+                           "measuring host-to-device copies")
+    return {"machine": machine(), "checkpoint_bytes": size, "largest_tensor_bytes": largest,
+            "bounded_limit_bytes": bounded, "scout_layers": scout.LAYERS, "runs": runs,
+            "ratios": ratios, "host_to_device": h2d, "cpu_count": os.cpu_count()}
+
+
+def describe_install(install: dict | None) -> str:
+    """One line for a GPU page: the route that made the environment."""
+    if not install:
+        return "not recorded (made before `make gpu-env` recorded its route)"
+    wheelhouse = install.get("wheelhouse")
+    where = (f", offline from a wheelhouse of {wheelhouse['files']} files, "
+             f"{wheelhouse['mib']} MiB" + (" (no torch stack: EXISTING_TORCH=1)"
+                                           if wheelhouse["existing_torch"] else "")
+             if wheelhouse else ", online")
+    return f"`{install['command']}`{where}, tree HEAD `{install['tree_head'][:12]}`"
 
 
 def render(r: dict) -> str:
     m = r["machine"]
     gpu = m["gpu"]
+    h2d = r["host_to_device"]
     lines = [
         "# Benchmark on one GPU: a Llama-4-Scout-shaped load", "",
         "Generated by `make bench DEVICE=cuda` (bench/gpu.py) from "
         "`build/bench/results-cuda.json`. Do not edit by hand.", "",
         f"- GPU: {gpu.get('name')} (driver {gpu.get('driver')}, CUDA {gpu.get('cuda')}); "
-        f"host CPU {m['cpu'].get('model')}; torch {m['torch']}; Python {m['python']}; "
-        f"vLLM {m['vllm_version']}.",
+        f"host CPU {m['cpu'].get('model')}, {r['cpu_count']} CPUs; torch {m['torch']}; "
+        f"Python {m['python']}; vLLM {m['vllm_version']}.",
         f"- Series: {series.describe_identity(r.get('series'))}.",
+        f"- Installed by: {describe_install(r.get('install'))}.",
         f"- Checkpoint: Llama 4 Scout's widths, {r['scout_layers']} MoE layers, "
         f"{r['checkpoint_bytes'] / GIB:.1f} GiB, largest tensor "
         f"{r['largest_tensor_bytes'] / GIB:.2f} GiB (bench/scout.py).",
-        "- The real engine at tensor parallel 1, runai-model-streamer 0.17.0 (copies). "
-        f"Bounded: `memory_limit` {r['bounded_limit_bytes'] / GIB:.1f} GiB "
-        f"({BOUNDED_TENSORS} × the largest tensor). `OMP_NUM_THREADS={r['omp_num_threads']}` "
-        "in every run.",
-        "- Host memory: peak RssAnon of the engine's whole process tree between the start "
-        "and the end of the worker's `load_weights`, sampled every "
+        "- The real engine at tensor parallel 1 with vLLM's default thread settings "
+        "(nothing sets `OMP_NUM_THREADS`; the last row forces it, as an extra). "
+        "Trees: base (v0.21.0), the fork without its last patch, the fork. runai: "
+        "runai-model-streamer 0.17.0 (copies); bounded: `memory_limit` "
+        f"{r['bounded_limit_bytes'] / GIB:.1f} GiB ({BOUNDED_TENSORS} × the largest tensor).",
+        "- Throughput: checkpoint bytes / the worker's `load_weights` time. Host memory: peak "
+        "RssAnon of the engine's whole process tree during `load_weights`, sampled every "
         f"{SAMPLE_EVERY_S * 1000:.0f} ms.",
-        "", "| run | peak host anon, process tree | load time |", "|---|---|---|"]
-    lines += [f"| {label} | {run['peak_tree_anon'] / GIB:.1f} GiB | {run['load_s']:.1f} s |"
-              for label, run in r["runs"].items()]
+        f"- This node's host-to-device limits (bench/h2d.py, {h2d['bytes'] / GIB:.1f} GiB "
+        f"from the checkpoint in the page cache): pageable {h2d['pageable_gb_per_s']:.1f} "
+        f"GB/s, pinned {h2d['pinned_gb_per_s']:.1f} GB/s.",
+        "", "| run | load time | throughput | peak host anon, process tree |",
+        "|---|---|---|---|"]
+    lines += [f"| {label} | {run['load_s']:.1f} s | {run['gb_per_s']:.2f} GB/s | "
+              f"{run['peak_tree_anon'] / GIB:.1f} GiB |" for label, run in r["runs"].items()]
     ratios = r["ratios"]
     lines += ["", "| ratio (one run) | value |", "|---|---|",
-              f"| base / patched host memory, runai default limit | "
-              f"{ratios['base_over_patched_default limit']:.2f} |",
-              "| base / patched host memory, bounded | "
-              f"{ratios['base_over_patched_bounded']:.2f} |",
-              f"| patched load time, bounded / default limit | "
-              f"{ratios['patched_bounded_over_default_load_time']:.2f} |",
-              "", "With runai's default limit the streamer reads ahead as far as its limit "
-              "allows, so the fork's host memory is set by the streamer, not by the model. "
-              "Bound it (`RUNAI_STREAMER_MEMORY_LIMIT`, or `memory_limit` in "
-              "`--model-loader-extra-config`) for the fix to pay off.", ""]
+              "| fork / fork without its last patch, throughput, auto | "
+              f"{ratios['fork_over_without_last_speed_auto']:.1f} |",
+              "| fork / fork without its last patch, throughput, runai | "
+              f"{ratios['fork_over_without_last_speed_runai']:.1f} |",
+              "| fork host memory, runai default limit / bounded | "
+              f"{ratios['fork_default_over_bounded_memory']:.2f} |",
+              "| base / fork host memory, runai default limit | "
+              f"{ratios['base_over_fork_memory_default']:.2f} |",
+              "| base / fork host memory, bounded | "
+              f"{ratios['base_over_fork_memory_bounded']:.2f} |", ""]
     return "\n".join(lines)
 
 
@@ -214,7 +304,9 @@ def main() -> int:
         if results is None:
             raise ForkError(f"no {DOCS_JSON}: run `make bench DEVICE=cuda` on a GPU node first")
     else:
-        results = {**run_all(), "series": series.identity()}
+        identity = series.identity()
+        results = {**run_all(identity), "series": identity,
+                   "install": read_json(BUILD / "gpu-install.json")}
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(json.dumps(results, indent=1))
         DOCS_JSON.write_text(json.dumps(results, indent=1))

@@ -8,11 +8,21 @@ from lab.expectations import problems
 
 def test_every_tree_of_every_row_has_an_outcome():
     for (model, scenario), by_tree in expectations.EXPECTED.items():
-        assert set(by_tree) == {"base", "patched"}, (model, scenario)
+        # A row across the trees is the fork's, judged against base's run.
+        trees = {"patched"} if scenario in expectations.ACROSS_TREES else {"base", "patched"}
+        assert set(by_tree) == trees, (model, scenario)
         assert set(by_tree.values()) <= {"identical", "corrupted", "materializes"}
     assert not {s for m, s in expectations.EXPECTED if m == "llama4 (engine)"} ^ set(
         expectations.ENGINE_SCENARIOS + expectations.CUDA_SCENARIOS
-        + expectations.RAY_SCENARIOS)
+        + expectations.RAY_SCENARIOS + expectations.ACROSS_TREES)
+
+
+def test_the_fork_must_load_what_base_loads_with_auto_on_every_rank():
+    for scenario in ("auto-tp2", "auto-tp2-ray2nodes", "auto-tp1"):
+        args = ("llama4 (engine)", expectations.across_trees(scenario), "patched")
+        assert problems(*args, [0, 0], tokens_identical=True) == []
+        assert problems(*args, [0, 1]) != []
+    assert expectations.across_trees("auto-tp2-ray1node") in expectations.ACROSS_TREES
 
 
 def test_a_fix_must_be_identical_on_every_rank_and_in_tokens():

@@ -28,7 +28,10 @@ from tools.common import (
     run,
 )
 
-TREES = {"base": BASE_TREE, "patched": TREE}
+# The fork without its last patch: made where a benchmark asks for it
+# (bench/gpu.py: a performance patch measured against the fork before it).
+WITHOUT_LAST_TREE = BUILD / "vllm-without-last"
+TREES = {"base": BASE_TREE, "patched": TREE, "without-last": WITHOUT_LAST_TREE}
 INDUCTOR_CACHES = BUILD / "inductor-cache"
 # On CPU: .venv (make env). On a GPU node: the interpreter that `make gpu-env`
 # installed into, which `make demo DEVICE=cuda` runs (tools/gpu_env.py).

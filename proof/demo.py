@@ -22,7 +22,16 @@ from pathlib import Path
 from lab import checkpoints, engine, expectations, trees
 from proof import harness
 from tools import series
-from tools.common import BUILD, TREE, ForkError, main_wrapper, root_cause, say, stop_group
+from tools.common import (
+    BUILD,
+    TREE,
+    ForkError,
+    main_wrapper,
+    read_json,
+    root_cause,
+    say,
+    stop_group,
+)
 
 OUT = BUILD / "demo" / "results.json"
 LOAD_SCENARIOS = expectations.LOAD_SCENARIOS
@@ -91,6 +100,18 @@ def engine_rows(progress: Progress, plan: list | None = None) -> list[dict]:
             reference = runs[harness.reference_key(model, tree, layout=layout)]
             rows.append(engine_row(model, tree, scenario, result, reference,
                                    stable[(model, layout)]))
+    # Across the trees: the fork's `auto` load against base's, same layout and
+    # settings. The series moves no value that `auto` loads (its last patch
+    # only reorders the expert copies), so every rank must match bit for bit.
+    for (model, tree, scenario), result in runs.items():
+        base = runs.get((model, "base", scenario))
+        if (tree != "patched" or base is None or result["reloads"]
+                or scenario != harness.reference_key(model, tree,
+                                                     layout=harness.layout_of(scenario))[2]):
+            continue
+        row = engine_row(model, tree, scenario, result, base, stable[(model, harness.layout_of(
+            scenario))])
+        rows.append({**row, "scenario": expectations.across_trees(scenario)})
     return rows
 
 
@@ -331,6 +352,8 @@ def main() -> int:
     problems = verdict(rows, served)
     out.write_text(json.dumps({"device": engine.DEVICE, "machine": machine,
                                "series": series.identity(),
+                               "install": read_json(BUILD / "gpu-install.json")
+                               if engine.DEVICE == "cuda" else None,
                                "engine_args": {**engine.COMMON_ARGS,
                                                **engine.DEVICE_ARGS[engine.DEVICE]},
                                "engine_env": engine.DEVICE_ENV[engine.DEVICE],

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.gpu import describe_install  # noqa: E402
 from proof.demo import cell  # noqa: E402
 from tools import series  # noqa: E402
 from tools.common import BUILD, ROOT, ForkError, main_wrapper, read_json, say  # noqa: E402
@@ -49,10 +50,14 @@ def render(r: dict) -> str:
         f"- Engine settings shared by every run: `{json.dumps(r['engine_args'], sort_keys=True)}`;"
         f" environment `{json.dumps(r['engine_env'], sort_keys=True)}`",
         f"- Whole demo: {r['wall_s']:.0f} s, engines side by side on the one GPU",
-        f"- Series: {series.describe_identity(r.get('series'))}", "",
+        f"- Series: {series.describe_identity(r.get('series'))}",
+        f"- Installed by: {describe_install(r.get('install'))}", "",
         "## Reproduce", "",
         "On a GPU node with torch 2.11.0 (README, GPU users):", "",
-        "```", "make gpu-env EXISTING_TORCH=python3   # or PYTHON=python3.12 for a new venv",
+        "```", "# on a connected machine, for an offline node that has torch 2.11.0:",
+        "make gpu-wheelhouse DEST=wh PYTHON_VERSION=3.12 EXISTING_TORCH=1",
+        "# on the node, with wh copied to it:",
+        "make gpu-env EXISTING_TORCH=python3 WHEELHOUSE=wh",
         "make demo DEVICE=cuda", "python3 -m proof.gpudoc   # this page", "```", "",
         "## Results", "",
         "Every run is the real engine at tensor parallel 1, compared with the same tree's "

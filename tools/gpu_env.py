@@ -60,6 +60,7 @@ from tools.fetch import cuda_pin, fetch_cuda_wheel, fetch_sdist, sha256_of, veri
 CUDA_VENV = ROOT / ".venv-cuda"
 # The interpreter the install went into, for `make demo DEVICE=cuda`.
 GPU_PYTHON = BUILD / "gpu-python"
+INSTALL_RECORD = BUILD / "gpu-install.json"
 RUNAI_NEW_DIR = RUNAI_NEW_DIRS["cuda"]
 # Files of a wheelhouse that are not packages.
 SUMS, LOCKFILE, ABOUT = "SHA256SUMS", "requirements.txt", "wheelhouse.json"
@@ -511,6 +512,18 @@ def install(python: str | None, existing_torch: str | None, wheelhouse: Path | N
     run_showing_progress(pip(target, "--no-deps", "--upgrade", "--target", str(RUNAI_NEW_DIR),
                              beside, wheelhouse=wheelhouse))
     GPU_PYTHON.write_text(target + "\n")
+    # How this environment was made, for the GPU pages (docs/gpu.md,
+    # docs/benchmarks-gpu.md): which route, which wheelhouse.
+    INSTALL_RECORD.write_text(json.dumps({
+        "command": "make gpu-env" + (f" EXISTING_TORCH={existing_torch}" if existing_torch else
+                                     f" PYTHON={python}" if python else "")
+        + (f" WHEELHOUSE={wheelhouse}" if wheelhouse else ""),
+        "python": target, "existing_torch": bool(existing_torch),
+        "wheelhouse": None if about is None else {
+            "files": len((wheelhouse / SUMS).read_text().splitlines()),
+            "mib": round(sum(p.stat().st_size for p in wheelhouse.iterdir()) / 2**20),
+            "existing_torch": bool(about.get("existing_torch")), "python": about["python"]},
+        "tree_head": git(TREE, "rev-parse", "HEAD").stdout.strip()}, indent=1) + "\n")
     if about:
         say(f"installed from {wheelhouse} (Python {about['python']})")
     return target
