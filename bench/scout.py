@@ -23,9 +23,9 @@ from pathlib import Path
 
 from tools.common import CACHE, ForkError, main_wrapper, say
 
-# Two layers (about 12 GiB): enough tensors for a steady rate, and the slow
-# loads the bench compares against still fit in a few minutes.
-LAYERS = 2
+# One MoE layer (about 8 GiB, its experts 3.75 GiB): the slow loads the bench
+# compares against (0.2 GB/s) still fit in a minute each.
+LAYERS = 1
 TEXT = dict(vocab_size=202048, hidden_size=5120, intermediate_size=8192,
             intermediate_size_mlp=16384, num_hidden_layers=LAYERS, num_attention_heads=40,
             num_key_value_heads=8, head_dim=128, num_local_experts=16, num_experts_per_tok=1,
