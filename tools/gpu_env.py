@@ -285,24 +285,41 @@ def verify_wheelhouse(wheelhouse: Path, pin: dict, python: str,
     return about
 
 
-def torch_stack(name: str) -> bool:
-    """What a node with torch already has: torch, its companions, triton and
-    the CUDA libraries torch's wheel brings (nvidia-*)."""
-    name = normalized(name)
-    return name in TORCH_PACKAGES or name == "triton" or name.startswith("nvidia-")
+def torch_stack(items: list[dict]) -> set[str]:
+    """What a node with torch already has, of a resolved install (pip's
+    report items): torch, torchvision, torchaudio and the triton and CUDA
+    libraries torch's wheel requires (nvidia-*, cuda-toolkit). vLLM's own
+    nvidia-* requirements (cutlass-dsl, cudnn-frontend, nvidia-ml-py) are
+    not torch's and stay; so do torch's small pure-Python requirements
+    (setuptools, sympy, ...), which the tree pins otherwise."""
+    by_name = {normalized(item["metadata"]["name"]): item for item in items}
+    todo, closure = [name for name in TORCH_PACKAGES if name in by_name], set()
+    while todo:
+        name = todo.pop()
+        if name in closure:
+            continue
+        closure.add(name)
+        for requirement in by_name[name]["metadata"].get("requires_dist") or []:
+            if "extra ==" in requirement:
+                continue
+            dep = normalized(re.match(r"[A-Za-z0-9._-]+", requirement).group(0))
+            if dep in by_name:
+                todo.append(dep)
+    return {name for name in closure
+            if name in TORCH_PACKAGES or name in ("triton", "cuda-toolkit")
+            or name.startswith("nvidia-")}
 
 
-def resolved(python: str, target: list[str], requirements: list[str]) -> list[str]:
-    """name==version of every package `requirements` resolve to, for the
-    target Python, without downloading them (pip's dry run and its report;
-    the index's wheel metadata is enough)."""
+def resolved(python: str, target: list[str], requirements: list[str]) -> list[dict]:
+    """Every package `requirements` resolve to, for the target Python, as pip's
+    report items, without downloading them (pip's dry run; the index's wheel
+    metadata is enough)."""
     report = BUILD / "gpu-wheelhouse-report.json"
     run([python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
          "--only-binary", ":all:", "--report", str(report), "-c", str(constraints()),
          *(target and ["--target", str(BUILD / "gpu-wheelhouse-dry-run")]), *target,
          *requirements])
-    return sorted(f"{normalized(item['metadata']['name'])}=={item['metadata']['version']}"
-                  for item in json.loads(report.read_text())["install"])
+    return json.loads(report.read_text())["install"]
 
 
 def make_wheelhouse(dest: Path, python: str, for_python: str | None = None,
@@ -333,12 +350,13 @@ def make_wheelhouse(dest: Path, python: str, for_python: str | None = None,
                     streamer_requirement()]
     if existing_torch:
         say(f"resolving the CUDA requirements for Python {version}")
-        wanted = resolved(python, target, requirements)
-        kept = [req for req in wanted if not torch_stack(req.split("==")[0])]
-        left_out = sorted(set(wanted) - set(kept))
-        say(f"{len(wanted)} packages; leaving out the {len(left_out)} of the torch stack the "
-            f"node has ({', '.join(r.split('==')[0] for r in left_out[:6])}, ...); "
-            f"downloading {len(kept)} into {partial.name}")
+        items = resolved(python, target, requirements)
+        left_out = torch_stack(items)
+        kept = sorted(f"{normalized(i['metadata']['name'])}=={i['metadata']['version']}"
+                      for i in items if normalized(i["metadata"]["name"]) not in left_out)
+        say(f"{len(items)} packages; leaving out the {len(left_out)} of the torch stack the "
+            f"node has ({', '.join(sorted(left_out))}); downloading {len(kept)} into "
+            f"{partial.name}")
         run_showing_progress([*download, "--no-deps", *kept])
     else:
         say(f"downloading the CUDA requirements for Python {version} into "

@@ -162,14 +162,24 @@ def test_an_existing_torch_wheelhouse_is_refused_where_torch_would_be_installed(
     assert gpu_env.verify_wheelhouse(dest, pin, sys.executable, existing_torch=True)
 
 
-@pytest.mark.parametrize("name, left_out", [
-    ("torch", True), ("torchvision", True), ("torchaudio", True), ("triton", True),
-    ("nvidia-cublas", True), ("nvidia_cudnn_cu13", True), ("nvidia-nccl-cu13", True),
-    # What vllm serve imports beside torch stays, also when it is CUDA-flavoured.
-    ("uvicorn", False), ("model-hosting-container-standards", False), ("xgrammar", False),
-    ("cuda-bindings", False), ("flashinfer-python", False), ("torchao", False)])
-def test_an_existing_torch_wheelhouse_leaves_out_the_torch_stack_only(name, left_out):
-    assert gpu_env.torch_stack(name) is left_out
+def report_item(name: str, *requires: str) -> dict:
+    return {"metadata": {"name": name, "version": "1", "requires_dist": list(requires)}}
+
+
+def test_an_existing_torch_wheelhouse_leaves_out_torchs_own_stack_only():
+    items = [
+        report_item("torch", "nvidia-cublas; platform_system == 'Linux'", "triton==3.6.0",
+                    "sympy>=1.13", "setuptools", "cuda-toolkit[cublas]==13.0.2",
+                    "opt-einsum>=3.3; extra == 'opt-einsum'"),
+        report_item("torchvision", "torch==2.11.0", "pillow"),
+        report_item("triton"), report_item("nvidia-cublas"), report_item("cuda-toolkit"),
+        report_item("sympy"), report_item("setuptools"), report_item("pillow"),
+        # vLLM's own CUDA-flavoured requirements stay: a node with torch lacks them.
+        report_item("vllm", "torch==2.11.0", "nvidia-cutlass-dsl", "uvicorn"),
+        report_item("nvidia-cutlass-dsl"), report_item("uvicorn"), report_item("opt-einsum"),
+    ]
+    assert gpu_env.torch_stack(items) == {"torch", "torchvision", "triton", "nvidia-cublas",
+                                          "cuda-toolkit"}
 
 
 def test_what_the_install_leaves_unmet_is_found_and_only_for_its_packages(tmp_path):
