@@ -285,6 +285,10 @@ def verify_wheelhouse(wheelhouse: Path, pin: dict, python: str,
     return about
 
 
+REQUIREMENT = re.compile(r"\s*(?P<name>[A-Za-z0-9._-]+)\s*(\[(?P<extras>[^\]]*)\])?")
+EXTRA_MARKER = re.compile(r"""extra\s*==\s*['"](?P<extra>[^'"]+)['"]""")
+
+
 def torch_stack(items: list[dict]) -> set[str]:
     """What a node with torch already has, of a resolved install (pip's
     report items): torch, torchvision, torchaudio and the triton and CUDA
@@ -293,18 +297,26 @@ def torch_stack(items: list[dict]) -> set[str]:
     not torch's and stay; so do torch's small pure-Python requirements
     (setuptools, sympy, ...), which the tree pins otherwise."""
     by_name = {normalized(item["metadata"]["name"]): item for item in items}
-    todo, closure = [name for name in TORCH_PACKAGES if name in by_name], set()
+    # (package, extras it was asked for): torch asks for cuda-toolkit[cublas, ...],
+    # whose libraries are requirements under those extras.
+    todo = [(name, frozenset()) for name in TORCH_PACKAGES if name in by_name]
+    closure, seen = set(), set()
     while todo:
-        name = todo.pop()
-        if name in closure:
+        name, extras = todo.pop()
+        if (name, extras) in seen:
             continue
+        seen.add((name, extras))
         closure.add(name)
         for requirement in by_name[name]["metadata"].get("requires_dist") or []:
-            if "extra ==" in requirement:
+            wanted = REQUIREMENT.match(requirement)
+            extra = EXTRA_MARKER.search(requirement)
+            if extra and normalized(extra["extra"]) not in extras:
                 continue
-            dep = normalized(re.match(r"[A-Za-z0-9._-]+", requirement).group(0))
+            dep = normalized(wanted["name"])
             if dep in by_name:
-                todo.append(dep)
+                asked = frozenset(normalized(e.strip()) for e in
+                                  (wanted["extras"] or "").split(",") if e.strip())
+                todo.append((dep, asked))
     return {name for name in closure
             if name in TORCH_PACKAGES or name in ("triton", "cuda-toolkit")
             or name.startswith("nvidia-")}

@@ -172,14 +172,19 @@ def test_an_existing_torch_wheelhouse_leaves_out_torchs_own_stack_only():
                     "sympy>=1.13", "setuptools", "cuda-toolkit[cublas]==13.0.2",
                     "opt-einsum>=3.3; extra == 'opt-einsum'"),
         report_item("torchvision", "torch==2.11.0", "pillow"),
-        report_item("triton"), report_item("nvidia-cublas"), report_item("cuda-toolkit"),
+        report_item("triton"), report_item("nvidia-cublas"),
+        # torch asks for cuda-toolkit[cublas]: its cublas extra's library comes with it,
+        # an extra nobody asked for does not.
+        report_item("cuda-toolkit", "nvidia-cuda-runtime==13.0.96; extra == \"cublas\"",
+                    "nvidia-cufft; extra == 'cufft'"),
+        report_item("nvidia-cuda-runtime"), report_item("nvidia-cufft"),
         report_item("sympy"), report_item("setuptools"), report_item("pillow"),
         # vLLM's own CUDA-flavoured requirements stay: a node with torch lacks them.
         report_item("vllm", "torch==2.11.0", "nvidia-cutlass-dsl", "uvicorn"),
         report_item("nvidia-cutlass-dsl"), report_item("uvicorn"), report_item("opt-einsum"),
     ]
     assert gpu_env.torch_stack(items) == {"torch", "torchvision", "triton", "nvidia-cublas",
-                                          "cuda-toolkit"}
+                                          "cuda-toolkit", "nvidia-cuda-runtime"}
 
 
 def test_what_the_install_leaves_unmet_is_found_and_only_for_its_packages(tmp_path):
