@@ -68,7 +68,7 @@ RUNS_DIR = BUILD / "bench" / "cuda-runs"
 TREE_LABELS = {"base": "base", "without-last": "fork without its last patch",
                "patched": "fork"}
 RUNS = [(f"{TREE_LABELS[tree]}, {what}", tree, load_format, limit, False)
-        for tree in ("base", "without-last", "patched")
+        for tree in ("patched", "without-last", "base")
         for what, load_format, limit in (("auto", "auto", "default"),
                                          ("runai default limit", "runai_streamer", "default"),
                                          ("runai bounded", "runai_streamer", "bounded"))]
