@@ -13,7 +13,11 @@ from bench import gpu
 def test_the_page_is_generated_from_the_committed_results():
     results = json.loads(gpu.DOCS_JSON.read_text())
     assert gpu.DOCS.read_text() == gpu.render(results)
-    assert set(results["runs"]) == {label for label, *_ in gpu.RUNS}
+    if "host_to_device" in results:
+        assert set(results["runs"]) == {label for label, *_ in gpu.RUNS}
+    else:
+        # Results of the bench before the fourth commit: the page must say so.
+        assert "from the bench before the fourth commit" in gpu.DOCS.read_text()
 
 
 def test_the_sampler_sums_every_process_of_a_session():

@@ -79,3 +79,35 @@ def test_ray_rows_are_judged_per_rank_and_by_where_they_ran():
     # Two Ray nodes means two: both workers on one node is another layout.
     problems = demo.verdict([ray_row("patched", copy, [0, 0], ["127.0.0.2"] * 2)], served)
     assert problems and "distinct nodes" in problems[0]
+
+
+def fake_engine_run(params: dict, nodes: list) -> dict:
+    ranks = [{"kernels": "cpu", "params": dict(params), "ray_node": node} for node in nodes]
+    return {"ranks": ranks, "tokens": [1, 2], "text": "x", "engine_run_s": 1.0,
+            "reloads": [], "engine_args": {"load_format": "auto"}, "env": {}}
+
+
+def test_the_forks_auto_runs_are_compared_with_bases_on_every_layout(monkeypatch):
+    plan = demo.harness.engine_plan("cpu") + demo.harness.ray_plan()
+    nodes = {"mp": [None, None], "ray1node": ["127.0.0.2"] * 2,
+             "ray2nodes": ["127.0.0.2", "127.0.0.3"]}
+    changed = {"w": "1"}
+
+    def runs(checkpoint, plan, progress):
+        out = {}
+        for model, tree, _, scenario in plan:
+            layout = demo.harness.layout_of(scenario)
+            # Base's auto load differs from the fork's in one parameter, in one layout.
+            params = changed if (tree, scenario) == ("base", "auto-tp2-ray2nodes") else {"w": "0"}
+            out[(model, tree, scenario)] = fake_engine_run(params, nodes[layout])
+        return out
+
+    monkeypatch.setattr(demo.harness, "engine_runs", runs)
+    rows = demo.engine_rows(demo.Progress(len(plan)), plan)
+    across = {r["scenario"]: r for r in rows if r["scenario"].endswith(" vs base")}
+    assert set(across) == {"auto-tp2 vs base", "auto-tp2-ray1node vs base",
+                           "auto-tp2-ray2nodes vs base"}
+    assert all(r["tree"] == "patched" for r in across.values())
+    problems = [p for p in demo.verdict(list(across.values()), {"identical": True})
+                if "vs base" in p]
+    assert len(problems) == 1 and "auto-tp2-ray2nodes vs base" in problems[0]
