@@ -51,6 +51,7 @@ from tools.common import (  # noqa: E402
     say,
     stop_group,
 )
+from tools.gpu_env import describe_install  # noqa: E402
 
 OUT = BUILD / "bench" / "results-cuda.json"
 DOCS = ROOT / "docs" / "benchmarks-gpu.md"
@@ -238,18 +239,6 @@ def run_all(identity: dict) -> dict:
     return {"machine": machine(), "checkpoint_bytes": size, "largest_tensor_bytes": largest,
             "bounded_limit_bytes": bounded, "scout_layers": scout.LAYERS, "runs": runs,
             "ratios": ratios, "host_to_device": h2d, "cpu_count": os.cpu_count()}
-
-
-def describe_install(install: dict | None) -> str:
-    """One line for a GPU page: the route that made the environment."""
-    if not install:
-        return "not recorded (made before `make gpu-env` recorded its route)"
-    wheelhouse = install.get("wheelhouse")
-    where = (f", offline from a wheelhouse of {wheelhouse['files']} files, "
-             f"{wheelhouse['mib']} MiB" + (" (no torch stack: EXISTING_TORCH=1)"
-                                           if wheelhouse["existing_torch"] else "")
-             if wheelhouse else ", online")
-    return f"`{install['command']}`{where}, tree HEAD `{install['tree_head'][:12]}`"
 
 
 def render_forced_threads(r: dict) -> str:

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.gpu import describe_install  # noqa: E402
 from proof.demo import cell  # noqa: E402
 from tools import series  # noqa: E402
 from tools.common import BUILD, ROOT, ForkError, main_wrapper, read_json, say  # noqa: E402
+from tools.gpu_env import describe_install  # noqa: E402
 
 RESULTS = BUILD / "demo" / "results-cuda.json"
 DOCS_JSON = ROOT / "docs" / "gpu-results.json"

@@ -455,6 +455,18 @@ def smoke(python: str, tree: Path = TREE) -> bool:
     raise ForkError(f"the installed tree does not start: {failed}")
 
 
+def describe_install(install: dict | None) -> str:
+    """One line for a GPU page: the route that made the environment."""
+    if not install:
+        return "not recorded (made before `make gpu-env` recorded its route)"
+    wheelhouse = install.get("wheelhouse")
+    where = (f", offline from a wheelhouse of {wheelhouse['files']} files, "
+             f"{wheelhouse['mib']} MiB" + (" (no torch stack: EXISTING_TORCH=1)"
+                                           if wheelhouse["existing_torch"] else "")
+             if wheelhouse else ", online")
+    return f"`{install['command']}`{where}, tree HEAD `{install['tree_head'][:12]}`"
+
+
 def unmet_requirements(python: str, installed: set[str]) -> list[str]:
     """pip check's complaints about what this install put in: a requirement
     the environment lacks or has at another version (a package that an

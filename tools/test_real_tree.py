@@ -19,4 +19,7 @@ def test_materialized_tree_is_base_plus_series():
     subjects = git(TREE, "log", "--reverse", "--format=%s", f"{tag}..HEAD").stdout.splitlines()
     expected = [lint.parse(PATCHES / name).subject for name in read_series()]
     assert subjects == expected
-    assert len(subjects) == 3
+    # The three fixes come first and stay as they are; one focused commit
+    # (Llama 4's dense expert copies) may follow them.
+    assert [s.split("]")[0] + "]" for s in subjects[:3]] == ["[Bugfix]"] * 3
+    assert len(subjects) in (3, 4)
