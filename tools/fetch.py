@@ -69,7 +69,9 @@ def pip_download(requirement: str, sha256: str, pattern: str, extra_args: list[s
         verify(cached, sha256)
         return cached
 
-    say(f"downloading {requirement} through pip")
+    # index_args name a wheelhouse (--no-index --find-links DIR): nothing is downloaded.
+    source = f"from {index_args[-1]}" if index_args else "through pip"
+    say(f"fetching {requirement} {source}")
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".partial-") as tmp:
         req_file = Path(tmp) / "requirement.txt"
         req_file.write_text(f"{requirement} --hash=sha256:{sha256}\n")
