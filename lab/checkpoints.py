@@ -43,6 +43,11 @@ NEMOTRON_H = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_att
                   head_dim=16, num_key_value_heads=2, ssm_state_size=16, mamba_num_heads=8,
                   mamba_head_dim=16, max_position_embeddings=512, tie_word_embeddings=False)
 NEMOTRON_H_LAYERS = ["mamba", "attention", "mamba"]
+# Llama 4's image tokens as its processor names them, numbered from the
+# config's image_token_index in this order: as in Scout's config, that index
+# is the patch token's and boi / eoi are the image's start and end.
+LLAMA4_IMAGE_TOKENS = ("<|patch|>", "<|image_start|>", "<|image_end|>", "<|image|>",
+                       "<|tile_x_separator|>", "<|tile_y_separator|>")
 
 
 def _random_like(shapes: dict, dtype) -> dict:
@@ -68,8 +73,13 @@ def _write_shards(tensors: dict, dest: Path) -> None:
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
 
 
-def _tiny_tokenizer(dest: Path, vocab_size: int, extra_special: tuple[str, ...] = ()) -> None:
-    """A byte-level BPE trained on a few sentences, saved as a HF fast tokenizer."""
+def _tiny_tokenizer(dest: Path, vocab_size: int, extra_special: tuple[str, ...] = (),
+                    image_tokens_from: int | None = None):
+    """A byte-level BPE trained on a few sentences, saved as a HF fast tokenizer.
+
+    image_tokens_from: the id of Llama 4's first image token (its config's
+    image_token_index); the ids between the BPE's last and it are reserved
+    special tokens, as in Llama's own tokenizer."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -81,9 +91,19 @@ def _tiny_tokenizer(dest: Path, vocab_size: int, extra_special: tuple[str, ...] 
                                             *extra_special])
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|begin_of_text|>",
                                   eos_token="<|eot|>", pad_token="<|pad|>")
+    if image_tokens_from is not None:
+        reserved = [f"<|reserved_special_token_{i}|>"
+                    for i in range(image_tokens_from - len(tok))]
+        tok.add_special_tokens({"additional_special_tokens": [*reserved, *LLAMA4_IMAGE_TOKENS]})
+        ids = tok.convert_tokens_to_ids(list(LLAMA4_IMAGE_TOKENS))
+        if ids != list(range(image_tokens_from, image_tokens_from + len(ids))) \
+                or len(tok) > vocab_size:
+            raise ForkError(f"Llama 4's image tokens got ids {ids}, not {image_tokens_from} on "
+                            f"in a vocabulary of {vocab_size}")
     tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n"
                          "{% endfor %}assistant:")
     tok.save_pretrained(dest)
+    return tok
 
 
 def _nemotron_h_model():
@@ -133,16 +153,29 @@ def make_llama4(dest: Path) -> None:
                 attention_chunk_size=128, max_position_embeddings=1024, rope_theta=500000.0,
                 no_rope_layers=[1, 0], tie_word_embeddings=False,
                 bos_token_id=0, eos_token_id=1, pad_token_id=2)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    # Widths that a forward pass of the vision tower takes, as `vllm serve`'s
+    # profiling makes one: the pixel shuffle (ratio 0.5) turns hidden 32 into
+    # the adapter's input of 4 x 32 = intermediate_size, and the adapter's
+    # output is the projector's input (Scout: 1408 -> 5632, 4096 -> 4096).
+    vision = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=1,
                   num_attention_heads=2, image_size=56, patch_size=14, pixel_shuffle_ratio=0.5,
-                  projector_input_dim=64, projector_output_dim=128, vision_output_dim=64,
+                  projector_input_dim=64, projector_output_dim=64, vision_output_dim=64,
                   rope_theta=10000)
     config = _llama4_config(text, vision)
     model = Llama4ForConditionalGeneration(config)
     config.save_pretrained(dest)
     shapes = {n: tuple(p.shape) for n, p in model.state_dict().items()}
     _write_shards(_random_like(shapes, torch.bfloat16), dest)
-    _tiny_tokenizer(dest, text["vocab_size"])
+    # `vllm serve` with its defaults profiles image inputs: it needs the image
+    # processor's configuration and the image tokens at the config's ids.
+    from transformers import Llama4ImageProcessorFast, Llama4Processor
+
+    tok = _tiny_tokenizer(dest, text["vocab_size"], image_tokens_from=config.image_token_index)
+    side = vision["image_size"]
+    image = Llama4ImageProcessorFast(size={"height": side, "width": side}, max_patches=4)
+    Llama4Processor(image_processor=image, tokenizer=tok, patch_size=vision["patch_size"],
+                    pixel_shuffle_ratio=vision["pixel_shuffle_ratio"],
+                    chat_template=tok.chat_template).save_pretrained(dest)
 
 
 def make_llama4_bench(dest: Path) -> None:
