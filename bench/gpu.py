@@ -7,7 +7,8 @@ settings: base, the fork without its last patch, and the fork.
 A Llama-4-Scout-shaped checkpoint at real widths (bench/scout.py) is loaded
 by the engine at tensor parallel 1 on three trees: the base, the fork
 without its last patch (build/vllm-without-last, made here), and the fork.
-Each with `auto` and with runai-model-streamer 0.17.0 (copies), the latter
+Each with `auto` and with the newest runai-model-streamer (0.17.1, the one
+vLLM 0.34 requires; copies), the latter
 with runai's default memory limit and with a bounded one (BOUNDED_TENSORS
 times the largest tensor). Nothing sets OMP_NUM_THREADS: vLLM's workers
 then run torch on one thread, as users get it. One extra run, labelled,
@@ -44,6 +45,7 @@ from tools import series  # noqa: E402
 from tools.common import (  # noqa: E402
     BUILD,
     ROOT,
+    RUNAI_NEWEST,
     ForkError,
     main_wrapper,
     read_json,
@@ -101,7 +103,8 @@ def measured_run(tree: str, model: Path, load_format: str, limit: str,
                  omp: str | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out, log = Path(tmp) / "result.json", Path(tmp) / "log"
-        env = {**trees.tree_env(tree, "runai-0.17.0"), "VLLM_USE_FLASHINFER_SAMPLER": "0"}
+        env = {**trees.tree_env(tree, f"runai-{RUNAI_NEWEST}-copy"),
+               "VLLM_USE_FLASHINFER_SAMPLER": "0"}
         env.pop("OMP_NUM_THREADS", None)  # vLLM's default, unless the run forces one
         if omp:
             env["OMP_NUM_THREADS"] = omp
@@ -146,6 +149,7 @@ def measured_run(tree: str, model: Path, load_format: str, limit: str,
             raise ForkError(f"bench load {tree}/{load_format}/{limit} failed (exit {code}; "
                             f"root cause: {root_cause(text) or 'none printed'}):\n"
                             + "\n".join(text.splitlines()[-20:]))
+    trees.check_streamer(f"runai-{RUNAI_NEWEST}-copy", result["runai_file"])
     start, end = result["window"]["start"], result["window"]["end"]
     during = [a for t, a in samples if start <= t <= end]
     before = [a for t, a in samples if t < start]
@@ -238,7 +242,8 @@ def run_all(identity: dict) -> dict:
                            "measuring host-to-device copies")
     return {"machine": machine(), "checkpoint_bytes": size, "largest_tensor_bytes": largest,
             "bounded_limit_bytes": bounded, "scout_layers": scout.LAYERS, "runs": runs,
-            "ratios": ratios, "host_to_device": h2d, "cpu_count": os.cpu_count()}
+            "ratios": ratios, "host_to_device": h2d, "cpu_count": os.cpu_count(),
+            "runai_version": RUNAI_NEWEST}
 
 
 def render_forced_threads(r: dict) -> str:
@@ -308,7 +313,8 @@ def render(r: dict) -> str:
         "- The real engine at tensor parallel 1 with vLLM's default thread settings "
         "(nothing sets `OMP_NUM_THREADS`; the last row forces it, as an extra). "
         "Trees: base (v0.21.0), the fork without its last patch, the fork. runai: "
-        "runai-model-streamer 0.17.0 (copies); bounded: `memory_limit` "
+        f"runai-model-streamer {r.get('runai_version', '0.17.0')} (copies); bounded: "
+        "`memory_limit` "
         f"{r['bounded_limit_bytes'] / GIB:.1f} GiB ({BOUNDED_TENSORS} × the largest tensor).",
         "- Throughput: checkpoint bytes / the worker's `load_weights` time. Host memory: peak "
         "RssAnon of the engine's whole process tree during `load_weights`, sampled every "

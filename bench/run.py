@@ -85,8 +85,7 @@ def engine_tp2(tree: str, model: Path, memory_limit: int, layout: str = "mp") ->
     result = trees.run_module("bench.engine_tp", args,
                               trees.tree_env(tree, "runai-0.17.0-copy"),
                               f"engine TP=2 load on {tree} ({layout})", timeout=1200)
-    if not result["runai_file"].startswith(str(trees.RUNAI_NEW_DIR)):
-        raise ForkError(f"the engine imported the streamer from {result['runai_file']}")
+    trees.check_streamer("runai-0.17.0-copy", result["runai_file"])
     problems = placement_problems(result, layout)
     if problems:
         raise ForkError(f"engine TP=2 load on {tree} ({layout}): {problems[0]}")

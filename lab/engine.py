@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+from tools.common import RUNAI_SIDE_VERSIONS
+
 PROMPTS = ["The capital of France is", "Streaming loaders reuse"]
 MAX_TOKENS = 12
 DEVICES = ("cpu", "cuda")
@@ -57,9 +59,9 @@ DEVICE_ENV = {
         # flashinfer is not among vLLM's hard requirements, and its sampler
         # is vLLM's default on GPUs.
         "VLLM_USE_FLASHINFER_SAMPLER": "0",
-        # vLLM's workers set 1 unless it is set; host-side weight copies
-        # run on these threads, so every run gets the same number.
-        "OMP_NUM_THREADS": "4",
+        # OMP_NUM_THREADS is left to vLLM, whose workers then run torch on one
+        # thread, as users get it; ten engines side by side with more threads
+        # each would spin on the node's cores against each other.
     },
 }
 # Where the CPU engine's two workers run: vLLM's multiprocess executor on this
@@ -96,24 +98,25 @@ LOADERS = {
                           "model_loader_extra_config": {"distributed": True}},
     "runai-0.15.7-reuse": {"load_format": "runai_streamer",
                            "model_loader_extra_config": {"memory_limit": None}},
-    # runai 0.17.0's default: a private copy of every tensor.
-    "runai-0.17.0-copy": {"load_format": "runai_streamer",
-                          "model_loader_extra_config": {"memory_limit": None}},
-    # runai 0.17.0 with owned=False: views into reused buffers. vLLM 0.21 has
-    # no option for it, so each worker changes the streamer's default
+    # runai 0.17.x's default: a private copy of every tensor (copy), and with
+    # owned=False: views into reused buffers (views). vLLM 0.21 has no option
+    # for the latter, so each worker changes the streamer's default
     # (lab/streams.force_streamer_views, asked for by LOADER_ENV).
-    "runai-0.17.0-views": {"load_format": "runai_streamer",
-                           "model_loader_extra_config": {"memory_limit": None}},
+    **{f"runai-{version}-{mode}": {"load_format": "runai_streamer",
+                                   "model_loader_extra_config": {"memory_limit": None}}
+       for version in RUNAI_SIDE_VERSIONS for mode in ("copy", "views")},
 }
 LOADER_KEYS = {"load_format", "model_loader_extra_config"}
 # Environment that is part of a loader, like its arguments.
-LOADER_ENV = {"runai-0.17.0-views": {"LAB_STREAMER_VIEWS": "1"}}
+LOADER_ENV = {loader: {"LAB_STREAMER_VIEWS": "1"} for loader in LOADERS
+              if loader.endswith("-views")}
 LOADER_ENV_KEYS = {key for env in LOADER_ENV.values() for key in env}
 # Which loaders each device's engine runs use (the others need what the
 # device lacks: distributed streaming needs TP > 1, on CPU only gloo).
 DEVICE_LOADERS = {
     "cpu": ["auto", "runai-0.15.7-dist"],
-    "cuda": ["auto", "runai-0.15.7-reuse", "runai-0.17.0-copy", "runai-0.17.0-views"],
+    "cuda": ["auto", "runai-0.15.7-reuse", "runai-0.17.0-copy", "runai-0.17.0-views",
+             "runai-0.17.1-copy", "runai-0.17.1-views"],
 }
 # Environment that can change what the engine computes, recorded with the run.
 RECORDED_ENV_PREFIXES = ("VLLM_", "RUNAI_", "OMP_", "ATEN_", "ONEDNN_", "HF_", "TOKENIZERS_",

@@ -18,10 +18,16 @@ Outcomes:
 
 from __future__ import annotations
 
+from tools.common import RUNAI_SIDE_VERSIONS
+
 IDENTICAL, CORRUPTED, MATERIALIZES = "identical", "corrupted", "materializes"
 
 # In-process loads through vLLM's own loader (proof/loadcheck.py).
-LOAD_SCENARIOS = ["auto", "runai-0.15.7-reuse", "runai-0.17.0-copy", "runai-0.17.0-views"]
+# Every newer streamer release in both of its modes: copies (its default) and
+# views (owned=False).
+COPY_SCENARIOS = [f"runai-{v}-copy" for v in RUNAI_SIDE_VERSIONS]
+VIEWS_SCENARIOS = [f"runai-{v}-views" for v in RUNAI_SIDE_VERSIONS]
+LOAD_SCENARIOS = ["auto", "runai-0.15.7-reuse", *COPY_SCENARIOS, *VIEWS_SCENARIOS]
 # The engine on CPU at tensor parallel 2 (proof/generate.py): runai 0.15.7
 # in distributed mode against `auto`; the reference is run twice, so that
 # tokens count only when it repeats itself.
@@ -38,7 +44,7 @@ RAY_SCENARIOS = [f"{scenario}-tp2-{layout}{repeat}"
 # reloaded in place through the engine.
 CUDA_MODELS = ("llama4 (engine)", "nemotron_vl (engine)")
 CUDA_SCENARIOS = ["auto-tp1", "auto-tp1 (repeat)", "runai-0.15.7-reuse-tp1",
-                  "runai-0.17.0-copy-tp1", "runai-0.17.0-views-tp1"]
+                  *[f"{s}-tp1" for s in COPY_SCENARIOS + VIEWS_SCENARIOS]]
 
 
 
@@ -60,13 +66,15 @@ EXPECTED: dict[tuple[str, str], dict[str, str]] = {
     # A streamer buffer far smaller than the checkpoint, handed out as views.
     **{(model, scenario): {"base": CORRUPTED, "patched": IDENTICAL}
        for model in ("llama4", "nemotron_vl")
-       for scenario in ("runai-0.15.7-reuse", "runai-0.17.0-views")},
+       for scenario in ("runai-0.15.7-reuse", *VIEWS_SCENARIOS)},
     # Private copies load correct values on both trees; base Llama 4 holds
     # them. (Base Nano VL lists them too, but the tiny checkpoint's language
     # model is smaller than twice its largest vision tensor: its bytes do not
     # tell. The patch's own test uses a checkpoint where they do.)
-    ("llama4", "runai-0.17.0-copy"): {"base": MATERIALIZES, "patched": IDENTICAL},
-    ("nemotron_vl", "runai-0.17.0-copy"): {"base": IDENTICAL, "patched": IDENTICAL},
+    **{("llama4", scenario): {"base": MATERIALIZES, "patched": IDENTICAL}
+       for scenario in COPY_SCENARIOS},
+    **{("nemotron_vl", scenario): {"base": IDENTICAL, "patched": IDENTICAL}
+       for scenario in COPY_SCENARIOS},
     **{("llama4 (engine)", scenario): {"base": IDENTICAL, "patched": IDENTICAL}
        for scenario in ("auto-tp2", "auto-tp2 (repeat)")},
     ("llama4 (engine)", "runai-0.15.7-dist-tp2"): {"base": CORRUPTED, "patched": IDENTICAL},
@@ -82,21 +90,21 @@ EXPECTED: dict[tuple[str, str], dict[str, str]] = {
     **{("llama4 (engine)", f"runai-0.17.0-copy-tp2-{layout}"): {"base": MATERIALIZES,
                                                                 "patched": IDENTICAL}
        for layout in RAY_LAYOUTS},
-    # On a GPU the engine's own loaders: a reused buffer (0.15.7, or 0.17.0's
+    # On a GPU the engine's own loaders: a reused buffer (0.15.7, or 0.17.x's
     # views) breaks base; private copies load right on both trees.
     **{(model, scenario): {"base": IDENTICAL, "patched": IDENTICAL}
        for model in CUDA_MODELS
-       for scenario in ("auto-tp1", "auto-tp1 (repeat)", "runai-0.17.0-copy-tp1")},
+       for scenario in ("auto-tp1", "auto-tp1 (repeat)", *[f"{s}-tp1" for s in COPY_SCENARIOS])},
     **{(model, scenario): {"base": CORRUPTED, "patched": IDENTICAL}
        for model in CUDA_MODELS
-       for scenario in ("runai-0.15.7-reuse-tp1", "runai-0.17.0-views-tp1")},
+       for scenario in ("runai-0.15.7-reuse-tp1", *[f"{s}-tp1" for s in VIEWS_SCENARIOS])},
     ("nemotron_h (engine)", "layerwise-reload-x10-tp1"): {"base": CORRUPTED, "patched": IDENTICAL},
 }
 
 # Where a load's host memory is judged: the copy-returning loader, whose every
 # tensor is the load's own (scenarios starting with it: in-process and under
 # Ray). A reused buffer is judged by its corruption.
-HELD_BYTES_JUDGED = ("runai-0.17.0-copy",)
+HELD_BYTES_JUDGED = tuple(COPY_SCENARIOS)
 
 
 def expected(model: str, scenario: str, tree: str) -> str:

@@ -166,7 +166,7 @@ def zero_state(module: torch.nn.Module) -> None:
 
 
 def force_streamer_views() -> None:
-    """runai-model-streamer 0.17.0 with owned=False in this process: views
+    """runai-model-streamer 0.17.x with owned=False in this process: views
     into its reused buffers, as 0.15.7 always gave. vLLM 0.21 calls
     stream_files without `owned`, so the streamer's default is changed;
     vLLM is untouched."""

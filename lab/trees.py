@@ -2,7 +2,7 @@
 
 Which vLLM a process imports is decided by PYTHONPATH (build/vllm-base or
 build/vllm), and so is which runai-model-streamer (0.15.7 from the venv, or
-0.17.0 from its side directory). The CPU MoE workaround plugin is installed
+0.17.0 or 0.17.1 from its side directory). The CPU MoE workaround plugin is installed
 in the venv and applies to both trees alike.
 """
 
@@ -20,12 +20,14 @@ from tools.common import (
     BASE_TREE,
     BUILD,
     ROOT,
-    RUNAI_NEW_DIRS,
+    RUNAI_SIDE_VERSIONS,
     TREE,
     VENV,
     ForkError,
     read_json,
     run,
+    runai_side_dir,
+    runai_side_version,
 )
 
 # The fork without its last patch: made where a benchmark asks for it
@@ -37,7 +39,23 @@ INDUCTOR_CACHES = BUILD / "inductor-cache"
 # installed into, which `make demo DEVICE=cuda` runs (tools/gpu_env.py).
 DEVICE = os.environ.get("VLLM_FORK_DEVICE", "cpu")
 PYTHON = str(VENV / "bin" / "python") if DEVICE == "cpu" else sys.executable
-RUNAI_NEW_DIR = RUNAI_NEW_DIRS[DEVICE]
+
+
+def runai_dir(scenario: str) -> Path | None:
+    """The side directory of the streamer a scenario runs with; None: the
+    environment's own (0.15.7)."""
+    version = runai_side_version(scenario)
+    return runai_side_dir(version, DEVICE) if version else None
+
+
+def check_streamer(scenario: str, runai_file: str) -> None:
+    """A run imported the streamer its scenario names, not the one it shadows."""
+    side = runai_dir(scenario)
+    others = [str(runai_side_dir(v, DEVICE)) for v in RUNAI_SIDE_VERSIONS]
+    ok = (runai_file.startswith(str(side)) if side
+          else not any(runai_file.startswith(d) for d in others))
+    if not ok:
+        raise ForkError(f"{scenario}: imported the streamer from {runai_file}")
 
 
 def inductor_cache(environ: dict, cpuinfo: str) -> Path:
@@ -65,8 +83,9 @@ def cpuinfo() -> str:
 
 def tree_env(tree: str, scenario: str = "auto") -> dict:
     paths = [str(TREES[tree]), str(ROOT)]
-    if "0.17.0" in scenario:
-        paths.insert(0, str(RUNAI_NEW_DIR))
+    side = runai_dir(scenario)
+    if side:
+        paths.insert(0, str(side))
     # The KV cache size is an engine argument (lab/engine.py): a
     # VLLM_CPU_KVCACHE_SPACE from the caller's shell would override it.
     env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}

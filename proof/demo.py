@@ -79,7 +79,8 @@ def load_rows(progress: Progress) -> list[dict]:
     return rows
 
 
-def engine_rows(progress: Progress, plan: list | None = None) -> list[dict]:
+def engine_rows(progress: Progress, plan: list | None = None,
+                keep: Path | None = None) -> list[dict]:
     """The real engine on the kernels vLLM detects (harness.engine_plan: on
     CPU at tensor parallel 2 with runai distributed streaming, on a GPU at
     tensor parallel 1 with every streaming loader; on CPU also under vLLM's
@@ -87,7 +88,7 @@ def engine_rows(progress: Progress, plan: list | None = None) -> list[dict]:
     on the same layout, every other setting equal. Evidence: what every rank
     loaded (exact), then greedy tokens (only once two `auto` runs agree)."""
     plan = harness.engine_plan() if plan is None else plan
-    runs = harness.engine_runs(checkpoints.ensure, plan, progress.step)
+    runs = harness.engine_runs(checkpoints.ensure, plan, progress.step, keep=keep)
     stable = {(model, harness.layout_of(s)): harness.tokens_are_evidence(
                   runs, model, layout=harness.layout_of(s))
               for model, _, _, s in plan if s != harness.reload_scenario()}
@@ -324,6 +325,17 @@ def verdict(rows: list[dict], served: dict) -> list[str]:
     return problems
 
 
+def kept_runs_dir(identity: dict) -> Path | None:
+    """Where a GPU demo keeps each engine run, so that one cut short (a GPU
+    node lent for ten minutes a call) goes on where it stopped: per commit of
+    this repository and tree HEAD. None on CPU, and for uncommitted code,
+    whose runs could not be told apart."""
+    if engine.DEVICE != "cuda" or identity["fork_commit"].endswith("-dirty"):
+        return None
+    return BUILD / "demo" / "cuda-runs" / (f"{identity['fork_commit'][:12]}-"
+                                           f"{identity['tree_head'][:12]}")
+
+
 def main() -> int:
     out = OUT if engine.DEVICE == "cpu" else OUT.with_name(f"results-{engine.DEVICE}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -332,6 +344,7 @@ def main() -> int:
         f"{engine.DEVICE.upper()}, tiny checkpoints, real streamer and engine")
     machine = trees.run_module("proof.machine", [], trees.tree_env("patched"),
                                "describing this machine")
+    identity = series.identity()
     in_process = engine.DEVICE == "cpu"
     plan = harness.engine_plan() + (harness.ray_plan() if in_process else [])
     for kind in {kind for kind, *_ in plan} | ({"llama4", "nemotron_vl", "nemotron_h"}
@@ -340,7 +353,7 @@ def main() -> int:
     total = (2 * (2 * len(LOAD_SCENARIOS)) + 2 if in_process else 0) + len(plan) + 2
     progress = Progress(total)
     rows = load_rows(progress) if in_process else []
-    rows += engine_rows(progress, plan)
+    rows += engine_rows(progress, plan, kept_runs_dir(identity))
     rows += reload_rows(progress) if in_process else []
     served = serve_rows(progress)
     stable = all(r.get("reference_stable", True) for r in rows)
@@ -351,7 +364,7 @@ def main() -> int:
         r["expected"] = expectations.expected(r["model"], r["scenario"], r["tree"])
     problems = verdict(rows, served)
     out.write_text(json.dumps({"device": engine.DEVICE, "machine": machine,
-                               "series": series.identity(),
+                               "series": identity,
                                "install": read_json(BUILD / "gpu-install.json")
                                if engine.DEVICE == "cuda" else None,
                                "engine_args": {**engine.COMMON_ARGS,

@@ -17,7 +17,7 @@ from lab.engine import (
     RAY_LOADERS,
 )
 from lab.raycluster import placement_problems  # noqa: F401  (judged with the rest)
-from lab.trees import RUNAI_NEW_DIR, TREES, run_module, streamer_memory_limit, tree_env
+from lab.trees import TREES, check_streamer, run_module, streamer_memory_limit, tree_env
 from tools.common import ForkError
 
 
@@ -29,8 +29,7 @@ def load_check(tree: str, model_dir: Path, scenario: str) -> dict:
     expected_vllm = str(TREES[tree] / "vllm")
     if not result["vllm_file"].startswith(expected_vllm):
         raise ForkError(f"{tree}: imported vllm from {result['vllm_file']}")
-    if ("0.17.0" in scenario) != result["runai_file"].startswith(str(RUNAI_NEW_DIR)):
-        raise ForkError(f"{scenario}: imported the streamer from {result['runai_file']}")
+    check_streamer(scenario, result["runai_file"])
     return result
 
 
@@ -64,8 +63,7 @@ def generate(tree: str, model_dir: Path, loader: str, reloads: int = 0,
                         f"engine run {tree}/{loader}")
     if not result["vllm_file"].startswith(str(TREES[tree] / "vllm")):
         raise ForkError(f"{tree}: the engine imported vllm from {result['vllm_file']}")
-    if ("0.17.0" in loader) != result["runai_file"].startswith(str(RUNAI_NEW_DIR)):
-        raise ForkError(f"{loader}: the engine imported the streamer from {result['runai_file']}")
+    check_streamer(loader, result["runai_file"])
     return result
 
 
@@ -169,25 +167,54 @@ def reference_key(model: str, tree: str, device: str = DEVICE,
 
 
 def engine_runs(checkpoint, plan: list | None = None, progress=None,
-                device: str = DEVICE) -> dict[tuple[str, str, str], dict]:
+                device: str = DEVICE, keep: Path | None = None
+                ) -> dict[tuple[str, str, str], dict]:
     """{(checkpoint, tree, scenario): result} of the plan, each with its wall
     time; checkpoint(kind) gives a checkpoint's directory; progress(what)
-    after each run."""
+    after each run. With keep, each result is also written there, and one
+    found there is taken instead of running again (a run cut short goes on
+    where it stopped; the caller keys the directory by what it ran)."""
+    import json
     from concurrent.futures import ThreadPoolExecutor
 
     def one(step):
         model, tree, loader, scenario = step
+        name = "_".join(f"{model}-{tree}-{scenario}".replace("(", "").replace(")", "").split())
+        kept = keep / f"{name}.json" if keep else None
+        if kept and kept.exists():
+            result = json.loads(kept.read_text())
+            if progress:
+                progress(f"{model} engine {scenario} on {tree} (kept from an earlier run "
+                         "of this commit)")
+            return (model, tree, scenario), result
         start = time.monotonic()
         reloads = RELOADS if scenario == reload_scenario(device) else 0
         result = generate(tree, checkpoint(model), loader, reloads, layout_of(scenario))
         result["engine_run_s"] = round(time.monotonic() - start, 1)
+        if kept:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            partial = kept.with_name(kept.name + ".partial")
+            partial.write_text(json.dumps(result))
+            partial.rename(kept)
         if progress:
             progress(f"{model} engine {scenario} on {tree}")
         return (model, tree, scenario), result
 
     plan = engine_plan(device) if plan is None else plan
+    # Each model's first run alone first, side by side with the other
+    # models': a fresh GPU node compiles the Triton kernels (Mamba2, fused
+    # MoE) into its cache once, instead of in every engine at the same time.
+    first = list({step[0]: step for step in reversed(plan)}.values()) \
+        if SIDE_BY_SIDE[device] > 1 else []
     with ThreadPoolExecutor(SIDE_BY_SIDE[device]) as pool:
-        return dict(pool.map(one, plan))
+        runs = dict(pool.map(one, first))
+        runs.update(pool.map(one, [step for step in plan if step not in first]))
+    return {key_of(step): runs[key_of(step)] for step in plan}
+
+
+def key_of(step: tuple[str, str, str, str]) -> tuple[str, str, str]:
+    model, tree, _, scenario = step
+    return model, tree, scenario
 
 
 def tokens_are_evidence(runs: dict[tuple[str, str, str], dict], model: str,

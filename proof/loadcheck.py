@@ -25,6 +25,7 @@ import time
 from lab.expectations import HELD_BYTES_JUDGED
 from lab.model import build_model, digest
 from lab.streams import Liveness, force_streamer_views
+from tools.common import RUNAI_SIDE_VERSIONS
 
 # name: load format. Which runai-model-streamer is imported is decided by
 # the harness (sys.path); the memory limit comes from the command line.
@@ -33,12 +34,12 @@ SCENARIOS = {
     # A streamer buffer far smaller than the checkpoint: the streamer reuses
     # it, so tensors it yielded earlier now show later data.
     "runai-0.15.7-reuse": "runai_streamer",
-    # runai 0.17.0's default: a private copy of every tensor.
-    "runai-0.17.0-copy": "runai_streamer",
-    # runai 0.17.0 with owned=False: views into reused buffers. vLLM 0.21
+    # runai 0.17.x's default: a private copy of every tensor.
+    # runai 0.17.x with owned=False: views into reused buffers. vLLM 0.21
     # has no option for it (it calls stream_files without `owned`), so this
     # process changes the streamer's default; vLLM is untouched.
-    "runai-0.17.0-views": "runai_streamer",
+    **{f"runai-{version}-{mode}": "runai_streamer"
+       for version in RUNAI_SIDE_VERSIONS for mode in ("copy", "views")},
 }
 
 
@@ -47,7 +48,7 @@ def run(model_dir: str, scenario: str, memory_limit: int) -> dict:
     from vllm.model_executor.model_loader import get_model_loader
 
     load_format = SCENARIOS[scenario]
-    if scenario == "runai-0.17.0-views":
+    if scenario.endswith("-views"):
         force_streamer_views()
     extra = {"memory_limit": memory_limit} if load_format == "runai_streamer" else {}
     config, model = build_model(model_dir, load_format, extra)

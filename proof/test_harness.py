@@ -157,3 +157,41 @@ def test_a_runs_ray_nodes_are_a_setting_like_any_other():
     for rank, node in zip(two["ranks"], ("127.0.0.2", "127.0.0.3"), strict=True):
         rank["ray_node"] = node
     assert harness.differences_besides_loader(two, one) != []
+
+
+def test_a_gpu_demo_cut_short_goes_on_where_it_stopped(tmp_path, monkeypatch):
+    """Each run is kept as it ends; a second call runs only what is missing,
+    and every model's first run goes alone before the rest (one Triton
+    compile per model on a fresh node)."""
+    import threading
+
+    plan = harness.engine_plan("cuda")
+    started: list[tuple] = []
+    claimed: set[tuple] = set()
+    lock = threading.Lock()
+
+    def generate(tree, model_dir, loader, reloads, layout):
+        with lock:  # the auto run and its repeat differ in nothing given here
+            step = next(s for s in plan if (s[0], s[1], s[2]) == (model_dir, tree, loader)
+                        and (s[3] == harness.reload_scenario("cuda")) == bool(reloads)
+                        and s not in claimed)
+            started.append(step)
+            if len(started) == 5:
+                raise RuntimeError("the node went away")
+            claimed.add(step)
+        return {"run": list(step)}
+
+    monkeypatch.setattr(harness, "generate", generate)
+    models = {m for m, *_ in plan}
+    with pytest.raises(RuntimeError, match="went away"):
+        harness.engine_runs(lambda kind: kind, plan, device="cuda", keep=tmp_path)
+    assert {s[0] for s in started[:len(models)]} == models
+    # The runs beside the failed one went on and were kept; it was not.
+    kept = len(list(tmp_path.glob("*.json")))
+    assert kept == len(started) - 1
+    again = len(started)
+    runs = harness.engine_runs(lambda kind: kind, plan, device="cuda", keep=tmp_path)
+    assert len(started) - again == len(plan) - kept
+    assert list(runs) == [harness.key_of(s) for s in plan]
+    # (A fake cannot tell the auto run from its repeat; the rest it can.)
+    assert all(runs[harness.key_of(s)]["run"][:3] == list(s[:3]) for s in plan)

@@ -1,5 +1,5 @@
 """Each fix, shown with real parts: vLLM's own model classes and loaders on
-CPU, the real runai-model-streamer (0.15.7 and 0.17.0), tiny safetensors
+CPU, the real runai-model-streamer (0.15.7, 0.17.0 and 0.17.1), tiny safetensors
 checkpoints generated offline. Every check runs on the base tree and on the
 patched tree, and each must show what lab/expectations.py expects of it
 (the table `make demo` judges its rows with)."""
@@ -48,7 +48,7 @@ def test_reference_loads_every_parameter(results):
 def test_a_streaming_load_shows_what_the_table_expects(results, kind, scenario, tree):
     """Each tree against its own `auto` load: only the loader differs. A
     streamer memory limit far below the checkpoint size makes 0.15.7 (and
-    0.17.0 with owned=False) reuse its buffer; 0.17.0 by default copies."""
+    0.17.x with owned=False) reuse its buffer; 0.17.x by default copies."""
     result = results(kind, tree, scenario)
     corrupted = harness.differing(result, results(kind, tree, "auto"))
     assert expectations.problems(kind, scenario, tree, [len(corrupted)],

@@ -29,10 +29,22 @@ BUILD = ROOT / "build"
 TREE = BUILD / "vllm"
 BASE_TREE = BUILD / "vllm-base"
 VENV = ROOT / ".venv"
-# runai-model-streamer 0.17.0, installed beside the locked 0.15.7 (which stays
-# the environment's own) and put on sys.path per process by the proofs:
-# in .venv on CPU (make env), under build/ on a GPU node (make gpu-env).
-RUNAI_NEW_DIRS = {"cpu": VENV / "runai-0.17.0", "cuda": BUILD / "runai-0.17.0-cuda"}
+# Newer runai-model-streamer releases, each installed beside the locked 0.15.7
+# (which stays the environment's own) in a directory of its own, put on
+# sys.path per process by the proofs: in .venv on CPU (make env), under build/
+# on a GPU node (make gpu-env). 0.17.1 is the one vLLM 0.34 requires.
+RUNAI_SIDE_VERSIONS = ("0.17.0", "0.17.1")
+RUNAI_NEWEST = RUNAI_SIDE_VERSIONS[-1]
+
+
+def runai_side_dir(version: str, device: str) -> Path:
+    return VENV / f"runai-{version}" if device == "cpu" else BUILD / f"runai-{version}-cuda"
+
+
+def runai_side_version(scenario: str) -> str | None:
+    """The side release a scenario or loader name streams with
+    ("runai-0.17.1-views-tp1" -> "0.17.1"); None for the locked one and `auto`."""
+    return next((v for v in RUNAI_SIDE_VERSIONS if f"runai-{v}" in scenario), None)
 
 # Downloads outlive a clone: a fresh checkout on the same machine reuses them.
 CACHE = Path(

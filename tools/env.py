@@ -24,22 +24,22 @@ from tools import common
 from tools.common import (
     BASE_TREE,
     ROOT,
-    RUNAI_NEW_DIRS,
+    RUNAI_SIDE_VERSIONS,
     TREE,
     VENV,
     ForkError,
     load_pin,
     main_wrapper,
+    runai_side_dir,
     say,
 )
 
 LOCK = ROOT / "env" / "requirements.lock"
 # Test-environment-only vLLM plugins (see each module's docstring).
 PLUGINS = [ROOT / "env" / "cpu_moe_workaround", ROOT / "env" / "cpu_ray_resource"]
-# The newest streamer (copy-returning by default), installed beside 0.15.7 and
-# put on sys.path per process (see proof/harness.py).
-RUNAI_NEW = "runai-model-streamer==0.17.0"
-RUNAI_NEW_DIR = RUNAI_NEW_DIRS["cpu"]
+# The newer streamers (copy-returning by default), each installed beside 0.15.7
+# and put on sys.path per process (see lab/trees.tree_env).
+RUNAI_SIDE = {version: f"runai-model-streamer=={version}" for version in RUNAI_SIDE_VERSIONS}
 PY = VENV / "bin" / "python"
 # What `make gpu-env` put into build/vllm (tools/gpu_env.py): CUDA kernels,
 # their Python files and a rewritten vllm/_version.py.
@@ -104,15 +104,17 @@ def ensure_packages() -> None:
     write_stamp("packages", key)
 
 
-def ensure_runai_new() -> None:
-    if stamp_ok("runai-new", RUNAI_NEW):
-        return
-    say(f"installing {RUNAI_NEW} into {RUNAI_NEW_DIR.relative_to(ROOT)}")
-    # Only the streamer itself: its dependencies are the venv's, and the
-    # directory shadows 0.15.7 only in processes that put it on sys.path.
-    run([str(PY), "-m", "pip", "install", "--no-deps", "-q", "--upgrade",
-         "--target", str(RUNAI_NEW_DIR), RUNAI_NEW])
-    write_stamp("runai-new", RUNAI_NEW)
+def ensure_runai_side() -> None:
+    for version, requirement in RUNAI_SIDE.items():
+        if stamp_ok(f"runai-{version}", requirement):
+            continue
+        dest = runai_side_dir(version, "cpu")
+        say(f"installing {requirement} into {dest.relative_to(ROOT)}")
+        # Only the streamer itself: its dependencies are the venv's, and the
+        # directory shadows 0.15.7 only in processes that put it on sys.path.
+        run([str(PY), "-m", "pip", "install", "--no-deps", "-q", "--upgrade",
+             "--target", str(dest), requirement])
+        write_stamp(f"runai-{version}", requirement)
 
 
 def unpack_kernels(wheel: Path, files: list[str], trees: list[Path]) -> None:
@@ -214,7 +216,7 @@ def main() -> int:
     unpack_kernels(wheel, pin["cpu_kernels"]["files"], [TREE, BASE_TREE])
     ensure_editable(pin)
     ensure_plugins()
-    ensure_runai_new()
+    ensure_runai_side()
     for tree in (TREE, BASE_TREE):
         smoke(tree)
     return 0

@@ -44,24 +44,24 @@ from tools.common import (
     BASE_TREE,
     BUILD,
     ROOT,
-    RUNAI_NEW_DIRS,
+    RUNAI_SIDE_VERSIONS,
     TREE,
     CommandFailed,
     ForkError,
     git,
     load_pin,
     main_wrapper,
+    runai_side_dir,
     say,
     tree_lock,
 )
-from tools.env import CUDA_FILES, LOCK, RUNAI_NEW, VENV, run, run_showing_progress
+from tools.env import CUDA_FILES, LOCK, RUNAI_SIDE, VENV, run, run_showing_progress
 from tools.fetch import cuda_pin, fetch_cuda_wheel, fetch_sdist, sha256_of, verify
 
 CUDA_VENV = ROOT / ".venv-cuda"
 # The interpreter the install went into, for `make demo DEVICE=cuda`.
 GPU_PYTHON = BUILD / "gpu-python"
 INSTALL_RECORD = BUILD / "gpu-install.json"
-RUNAI_NEW_DIR = RUNAI_NEW_DIRS["cuda"]
 # Files of a wheelhouse that are not packages.
 SUMS, LOCKFILE, ABOUT = "SHA256SUMS", "requirements.txt", "wheelhouse.json"
 # What use_existing_torch.py rewrites; put back after the install.
@@ -229,13 +229,13 @@ def wheel_pin(filename: str) -> tuple[str, str]:
     return normalized(m["name"]), m["version"]
 
 
-def lock_text(files: dict[str, str], kernels_wheel: str, beside: str = "") -> str:
+def lock_text(files: dict[str, str], kernels_wheel: str, beside: tuple[str, ...] = ()) -> str:
     """requirements.txt of a wheelhouse: every package but vLLM itself (the
-    tree is installed from source) and the streamer installed beside the
+    tree is installed from source) and the streamers installed beside the
     locked one, exactly one version, with its hash."""
     lines, seen = [], {}
     for filename, digest in sorted(files.items()):
-        if filename in (kernels_wheel, beside) or not filename.endswith(".whl"):
+        if filename == kernels_wheel or filename in beside or not filename.endswith(".whl"):
             continue
         name, version = wheel_pin(filename)
         if name in seen and seen[name] != version:
@@ -272,9 +272,10 @@ def verify_wheelhouse(wheelhouse: Path, pin: dict, python: str,
                             f"({SUMS})\n  actual   {actual}\nCopy the wheelhouse again.")
     verify(wheelhouse / about["kernels_wheel"], cuda_pin(pin)["wheel_sha256"])
     verify(wheelhouse / about["sdist"], pin["upstream"]["sdist_sha256"])
-    if not about.get("streamer_beside"):
-        raise ForkError(f"{wheelhouse} has no runai-model-streamer 0.17.0 for the proofs "
-                        "(made by an older version of this tooling): make it again")
+    missing = [v for v in RUNAI_SIDE_VERSIONS if not about.get("streamers_beside", {}).get(v)]
+    if missing:
+        raise ForkError(f"{wheelhouse} has no runai-model-streamer {', '.join(missing)} for the "
+                        "proofs (made by an older version of this tooling): make it again")
     if about.get("existing_torch") and not existing_torch:
         raise ForkError(f"{wheelhouse} has no torch (made with EXISTING_TORCH=1): install with "
                         "`make gpu-env EXISTING_TORCH=<the python that has torch 2.11.0>`")
@@ -374,15 +375,21 @@ def make_wheelhouse(dest: Path, python: str, for_python: str | None = None,
         say(f"downloading the CUDA requirements for Python {version} into "
             f"{partial.name} (several GB: torch and its CUDA libraries)")
         run_showing_progress([*download, "-c", str(constraints()), *requirements])
-    before = {p.name for p in partial.iterdir()}
-    run([*download, "--no-deps", RUNAI_NEW])
-    beside = (({p.name for p in partial.iterdir()} - before) or {""}).pop()
+    beside = {}
+    for version, requirement in RUNAI_SIDE.items():
+        before = {p.name for p in partial.iterdir()}
+        run([*download, "--no-deps", requirement])
+        new = {p.name for p in partial.iterdir()} - before
+        if len(new) != 1:
+            raise ForkError(f"downloading {requirement} gave {sorted(new) or 'no file'}, "
+                            "not one wheel")
+        beside[version] = new.pop()
     for path in (wheel, sdist):
         shutil.copy2(path, partial / path.name)
     files = {p.name: sha256_of(p) for p in sorted(partial.iterdir())}
-    (partial / LOCKFILE).write_text(lock_text(files, wheel.name, beside))
+    (partial / LOCKFILE).write_text(lock_text(files, wheel.name, tuple(beside.values())))
     about = {"python": version, "kernels_wheel": wheel.name, "sdist": sdist.name,
-             "streamer_beside": beside, "existing_torch": existing_torch,
+             "streamers_beside": beside, "existing_torch": existing_torch,
              "pin": {"sdist_sha256": pin["upstream"]["sdist_sha256"],
                      "cuda_wheel_sha256": cuda_pin(pin)["wheel_sha256"]}}
     (partial / ABOUT).write_text(json.dumps(about, indent=1) + "\n")
@@ -549,10 +556,13 @@ def install(python: str | None, existing_torch: str | None, wheelhouse: Path | N
                         + (f" ({wheelhouse} leaves out the torch stack, which this node must "
                            "have: make a wheelhouse without EXISTING_TORCH)"
                            if about and about.get("existing_torch") else ""))
-    beside = str(wheelhouse / about["streamer_beside"]) if about else RUNAI_NEW
-    say(f"installing {RUNAI_NEW} into {RUNAI_NEW_DIR.relative_to(ROOT)} (beside the locked one)")
-    run_showing_progress(pip(target, "--no-deps", "--upgrade", "--target", str(RUNAI_NEW_DIR),
-                             beside, wheelhouse=wheelhouse))
+    for streamer_version, requirement in RUNAI_SIDE.items():
+        beside = (str(wheelhouse / about["streamers_beside"][streamer_version]) if about
+                  else requirement)
+        dest = runai_side_dir(streamer_version, "cuda")
+        say(f"installing {requirement} into {dest.relative_to(ROOT)} (beside the locked one)")
+        run_showing_progress(pip(target, "--no-deps", "--upgrade", "--target", str(dest),
+                                 beside, wheelhouse=wheelhouse))
     GPU_PYTHON.write_text(target + "\n")
     # How this environment was made, for the GPU pages (docs/gpu.md,
     # docs/benchmarks-gpu.md): which route, which wheelhouse.

@@ -16,7 +16,8 @@ from tools.common import ForkError, git
 from tools.fetch import cuda_pin
 
 SDIST, KERNELS = "vllm-0.21.0.tar.gz", "vllm-0.21.0-1-cp38-abi3-manylinux_2_24_x86_64.whl"
-BESIDE = "runai_model_streamer-0.17.0-py3-none-manylinux_2_30_x86_64.whl"
+BESIDE = {"0.17.0": "runai_model_streamer-0.17.0-py3-none-manylinux_2_30_x86_64.whl",
+          "0.17.1": "runai_model_streamer-0.17.1-py3-none-manylinux_2_28_x86_64.whl"}
 PACKAGES = {
     "torch-2.11.0-cp311-cp311-manylinux_2_28_x86_64.whl": b"torch",
     "huggingface_hub-1.10.2-py3-none-any.whl": b"hub",
@@ -37,14 +38,16 @@ def wheelhouse(tmp_path):
     """A wheelhouse as `make_wheelhouse` lays it out, and the pin it matches."""
     dest = tmp_path / "wh"
     dest.mkdir()
-    files = {**PACKAGES, SDIST: b"sdist", KERNELS: b"kernels", BESIDE: b"runai new"}
+    files = {**PACKAGES, SDIST: b"sdist", KERNELS: b"kernels",
+             **{name: f"runai {version}".encode() for version, name in BESIDE.items()}}
     for name, data in files.items():
         (dest / name).write_bytes(data)
     digests = {name: sha(data) for name, data in files.items()}
-    (dest / gpu_env.LOCKFILE).write_text(gpu_env.lock_text(digests, KERNELS, BESIDE))
+    lock = gpu_env.lock_text(digests, KERNELS, tuple(BESIDE.values()))
+    (dest / gpu_env.LOCKFILE).write_text(lock)
     (dest / gpu_env.ABOUT).write_text(json.dumps(
         {"python": this_python(), "kernels_wheel": KERNELS, "sdist": SDIST,
-         "streamer_beside": BESIDE}))
+         "streamers_beside": BESIDE}))
     for name in (gpu_env.LOCKFILE, gpu_env.ABOUT):
         digests[name] = sha((dest / name).read_bytes())
     (dest / gpu_env.SUMS).write_text("".join(f"{d}  {n}\n" for n, d in sorted(digests.items())))
@@ -81,7 +84,7 @@ def test_the_lock_lists_every_package_once_with_its_hash_but_not_vllm(wheelhouse
     assert f"torch==2.11.0 --hash=sha256:{sha(b'torch')}" in lines
     assert len(lines) == len(PACKAGES)
     assert not any(line.startswith("vllm") for line in lines)
-    # The streamer installed beside the locked one is no second version in the lock.
+    # The streamers installed beside the locked one are no second version in the lock.
     assert [line for line in lines if line.startswith("runai")] == [
         f"runai-model-streamer==0.15.7 --hash=sha256:{sha(b'runai')}"]
 
@@ -140,10 +143,15 @@ def rewrite_about(dest, change) -> None:
     (dest / gpu_env.SUMS).write_text("\n".join(sums) + "\n")
 
 
-def test_a_wheelhouse_without_the_streamer_beside_is_refused(wheelhouse):
+def test_a_wheelhouse_without_a_streamer_beside_is_refused(wheelhouse):
     dest, pin = wheelhouse
-    rewrite_about(dest, lambda about: about.pop("streamer_beside"))
-    with pytest.raises(ForkError, match="runai-model-streamer 0.17.0"):
+    rewrite_about(dest, lambda about: about["streamers_beside"].pop("0.17.1"))
+    with pytest.raises(ForkError, match="no runai-model-streamer 0.17.1 "):
+        gpu_env.verify_wheelhouse(dest, pin, sys.executable)
+    # A wheelhouse of the tooling before 0.17.1 joined the proofs.
+    rewrite_about(dest, lambda about: about.update(streamer_beside=BESIDE["0.17.0"],
+                                                   streamers_beside={}))
+    with pytest.raises(ForkError, match="no runai-model-streamer 0.17.0, 0.17.1 .*make it again"):
         gpu_env.verify_wheelhouse(dest, pin, sys.executable)
 
 
