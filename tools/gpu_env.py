@@ -376,14 +376,14 @@ def make_wheelhouse(dest: Path, python: str, for_python: str | None = None,
             f"{partial.name} (several GB: torch and its CUDA libraries)")
         run_showing_progress([*download, "-c", str(constraints()), *requirements])
     beside = {}
-    for version, requirement in RUNAI_SIDE.items():
+    for streamer_version, requirement in RUNAI_SIDE.items():
         before = {p.name for p in partial.iterdir()}
         run([*download, "--no-deps", requirement])
         new = {p.name for p in partial.iterdir()} - before
         if len(new) != 1:
             raise ForkError(f"downloading {requirement} gave {sorted(new) or 'no file'}, "
                             "not one wheel")
-        beside[version] = new.pop()
+        beside[streamer_version] = new.pop()
     for path in (wheel, sdist):
         shutil.copy2(path, partial / path.name)
     files = {p.name: sha256_of(p) for p in sorted(partial.iterdir())}
