@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lab import trees  # noqa: E402
+from lab import engine, trees  # noqa: E402
 from tools import series  # noqa: E402
 from tools.common import (  # noqa: E402
     BUILD,
@@ -103,8 +103,9 @@ def measured_run(tree: str, model: Path, load_format: str, limit: str,
                  omp: str | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out, log = Path(tmp) / "result.json", Path(tmp) / "log"
-        env = {**trees.tree_env(tree, f"runai-{RUNAI_NEWEST}-copy"),
-               "VLLM_USE_FLASHINFER_SAMPLER": "0"}
+        # The demo's GPU environment (lab/engine.py: Triton's MoE kernels,
+        # not FlashInfer's compiled on first use), then vLLM's thread default.
+        env = {**trees.tree_env(tree, f"runai-{RUNAI_NEWEST}-copy"), **engine.DEVICE_ENV["cuda"]}
         env.pop("OMP_NUM_THREADS", None)  # vLLM's default, unless the run forces one
         if omp:
             env["OMP_NUM_THREADS"] = omp
@@ -243,7 +244,7 @@ def run_all(identity: dict) -> dict:
     return {"machine": machine(), "checkpoint_bytes": size, "largest_tensor_bytes": largest,
             "bounded_limit_bytes": bounded, "scout_layers": scout.LAYERS, "runs": runs,
             "ratios": ratios, "host_to_device": h2d, "cpu_count": os.cpu_count(),
-            "runai_version": RUNAI_NEWEST}
+            "runai_version": RUNAI_NEWEST, "engine_env": engine.DEVICE_ENV["cuda"]}
 
 
 def render_forced_threads(r: dict) -> str:
@@ -312,6 +313,8 @@ def render(r: dict) -> str:
         f"{r['largest_tensor_bytes'] / GIB:.2f} GiB (bench/scout.py).",
         "- The real engine at tensor parallel 1 with vLLM's default thread settings "
         "(nothing sets `OMP_NUM_THREADS`; the last row forces it, as an extra). "
+        + "".join(f"`{k}={v}` " for k, v in r.get("engine_env", {}).items())
+        + "in every run. "
         "Trees: base (v0.21.0), the fork without its last patch, the fork. runai: "
         f"runai-model-streamer {r.get('runai_version', '0.17.0')} (copies); bounded: "
         "`memory_limit` "

@@ -62,6 +62,12 @@ DEVICE_ENV = {
         # OMP_NUM_THREADS is left to vLLM, whose workers then run torch on one
         # thread, as users get it; ten engines side by side with more threads
         # each would spin on the node's cores against each other.
+        # With flashinfer installed (vLLM's CUDA requirements bring it), vLLM
+        # 0.21 runs bf16 MoE on Hopper with FlashInfer's CUTLASS kernels, which
+        # it compiles from source on a node's first use; on a fresh H200 no
+        # tiny Llama 4 engine came up within 540 s. Triton's MoE kernels, as
+        # before flashinfer was installed, compute from the same loaded bytes.
+        "VLLM_USE_FLASHINFER_MOE_FP16": "0",
     },
 }
 # Where the CPU engine's two workers run: vLLM's multiprocess executor on this
@@ -115,8 +121,8 @@ LOADER_ENV_KEYS = {key for env in LOADER_ENV.values() for key in env}
 # device lacks: distributed streaming needs TP > 1, on CPU only gloo).
 DEVICE_LOADERS = {
     "cpu": ["auto", "runai-0.15.7-dist"],
-    "cuda": ["auto", "runai-0.15.7-reuse", "runai-0.17.0-copy", "runai-0.17.0-views",
-             "runai-0.17.1-copy", "runai-0.17.1-views"],
+    # 0.17.1 joins the GPU runs once a GPU run has shown it (see README).
+    "cuda": ["auto", "runai-0.15.7-reuse", "runai-0.17.0-copy", "runai-0.17.0-views"],
 }
 # Environment that can change what the engine computes, recorded with the run.
 RECORDED_ENV_PREFIXES = ("VLLM_", "RUNAI_", "OMP_", "ATEN_", "ONEDNN_", "HF_", "TOKENIZERS_",

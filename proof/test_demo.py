@@ -93,7 +93,7 @@ def test_the_forks_auto_runs_are_compared_with_bases_on_every_layout(monkeypatch
              "ray2nodes": ["127.0.0.2", "127.0.0.3"]}
     changed = {"w": "1"}
 
-    def runs(checkpoint, plan, progress):
+    def runs(checkpoint, plan, progress, keep=None):
         out = {}
         for model, tree, _, scenario in plan:
             layout = demo.harness.layout_of(scenario)
