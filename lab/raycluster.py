@@ -47,10 +47,21 @@ STOP_GRACE_S = 30
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
+def free_ports(ip: str, count: int, avoid: frozenset[int] = frozenset()) -> list[int]:
+    """count different free ports on ip, none of them in avoid (picked
+    earlier and not yet listened on). All are held until all are picked: a
+    port released after one pick may be the kernel's next pick, and Ray then
+    refuses to start ("trying to use a port number ... that is used by other
+    components")."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count + len(avoid))]
+        for s in socks:
+            s.bind((ip, 0))
+        return [p for p in (s.getsockname()[1] for s in socks) if p not in avoid][:count]
+
+
 def free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
+    return free_ports(ip, 1)[0]
 
 
 def check_shared_memory(path: Path = SHM, need: int = OBJECT_STORE_BYTES) -> None:
@@ -144,9 +155,13 @@ class RayCluster:
         log = self.root / f"node{index}.log"
         # Every port this node listens on is picked here, on its own IP, so
         # that two nodes (or two clusters) on one machine never share one.
-        ports = {flag: str(free_port(ip)) for flag in (
-            "--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-            "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port")}
+        flags = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+                 "--dashboard-agent-grpc-port", "--metrics-export-port",
+                 "--runtime-env-agent-port", "--ray-client-server-port"]
+        picked = free_ports(ip, len(flags), avoid=frozenset({self.port}))
+        ports = dict(zip(flags, map(str, picked), strict=True))
+        if index != 0:
+            del ports["--ray-client-server-port"]  # the head's only
         cmd = [RAY, "start", "--block", f"--node-ip-address={ip}",
                f"--num-gpus={self.workers_per_node}", "--num-cpus=1",
                f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats",
@@ -154,7 +169,6 @@ class RayCluster:
         env = dict(self.env)
         if index == 0:
             cmd += ["--head", f"--port={self.port}", "--include-dashboard=false",
-                    f"--ray-client-server-port={free_port(ip)}",
                     f"--temp-dir={self.root / 'head'}"]
         else:
             cmd += [f"--address={self.address}"]

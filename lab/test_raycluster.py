@@ -143,3 +143,36 @@ def test_a_run_stopped_by_its_caller_leaves_no_ray_process():
     assert time.monotonic() - started < 60
     time.sleep(1)
     assert marked_processes(None) == []
+
+
+class PortReusingSocket:
+    """A socket whose kernel hands out the lowest free port, as a real one
+    may after a port is released: picks made one after another, each
+    socket closed before the next, then all get the same port."""
+    in_use: set[int] = set()
+
+    def __init__(self, *args):
+        self.port = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        PortReusingSocket.in_use.discard(self.port)
+
+    def bind(self, address):
+        self.port = min(set(range(40000, 40100)) - PortReusingSocket.in_use)
+        PortReusingSocket.in_use.add(self.port)
+
+    def getsockname(self):
+        return ("127.0.0.2", self.port)
+
+
+def test_a_nodes_ports_differ_even_where_the_kernel_reuses_a_released_one(monkeypatch):
+    """A node's ports, and the head's port picked before them, are all
+    different (Ray refuses a node with one port twice)."""
+    monkeypatch.setattr(raycluster.socket, "socket", PortReusingSocket)
+    head = raycluster.free_port("127.0.0.1")
+    ports = raycluster.free_ports("127.0.0.1", 7, avoid=frozenset({head}))
+    assert len(ports) == 7 and len(set(ports) | {head}) == 8
+    assert PortReusingSocket.in_use == set()
