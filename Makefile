@@ -32,6 +32,7 @@ ifeq ($(DEVICE),cuda)
 	VLLM_FORK_DEVICE=cuda $(GPU_PY) -m bench.gpu
 else
 	$(PY) -m bench.run
+	$(PY) -m bench.last_patch
 endif
 
 # Which architectures load safely from streaming loaders: build/audit/, docs/streaming-safety.md.

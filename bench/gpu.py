@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -168,30 +167,14 @@ def machine() -> dict:
 
 
 def ensure_without_last() -> None:
-    """build/vllm-without-last: the series but its last patch, as a worktree,
-    with the CUDA build's files of build/vllm (the kernels fit every tree:
-    the series changes Python files only)."""
-    from tools.common import TREE, git
+    """build/vllm-without-last with the CUDA build's files of build/vllm."""
     from tools.env import CUDA_FILES
-    from tools.tree import SDIST_SHIPPED_IGNORED
 
-    dest = trees.WITHOUT_LAST_TREE
-    commit = git(TREE, "rev-parse", "HEAD~1").stdout.strip()
-    if dest.exists() and git(dest, "rev-parse", "HEAD", check=False).stdout.strip() == commit:
-        return
-    say(f"adding worktree {dest.name} at {commit[:12]} (the series without its last patch)")
-    if dest.exists():
-        git(dest, "checkout", "-q", "--detach", commit)
-    else:
-        git(TREE, "worktree", "prune")
-        git(TREE, "worktree", "add", "-q", "--detach", str(dest), commit)
     names = json.loads(CUDA_FILES.read_text()) if CUDA_FILES.exists() else []
     if not names:
-        raise ForkError(f"{TREE} has no CUDA build's files recorded: run `make gpu-env` first")
-    for name in [*names, *SDIST_SHIPPED_IGNORED]:
-        if (TREE / name).exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(TREE / name, dest / name)
+        raise ForkError(f"{trees.TREE} has no CUDA build's files recorded: run `make gpu-env` "
+                        "first")
+    trees.ensure_without_last(names)
 
 
 def gbps(checkpoint_bytes: int, seconds: float) -> float:

@@ -58,6 +58,31 @@ def check_streamer(scenario: str, runai_file: str) -> None:
         raise ForkError(f"{scenario}: imported the streamer from {runai_file}")
 
 
+def ensure_without_last(built_files: list[str]) -> None:
+    """WITHOUT_LAST_TREE: the series but its last patch, as a worktree of
+    build/vllm, with build/vllm's built files copied in (kernels: the series
+    changes Python files only, so they fit every tree)."""
+    import shutil
+
+    from tools.common import git, say
+    from tools.tree import SDIST_SHIPPED_IGNORED
+
+    dest = WITHOUT_LAST_TREE
+    commit = git(TREE, "rev-parse", "HEAD~1").stdout.strip()
+    if dest.exists() and git(dest, "rev-parse", "HEAD", check=False).stdout.strip() == commit:
+        return
+    say(f"adding worktree {dest.name} at {commit[:12]} (the series without its last patch)")
+    if dest.exists():
+        git(dest, "checkout", "-q", "--detach", commit)
+    else:
+        git(TREE, "worktree", "prune")
+        git(TREE, "worktree", "add", "-q", "--detach", str(dest), commit)
+    for name in [*built_files, *SDIST_SHIPPED_IGNORED]:
+        if (TREE / name).exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(TREE / name, dest / name)
+
+
 def inductor_cache(environ: dict, cpuinfo: str) -> Path:
     """This checkout's torch.compile cache for this CPU and these CPU settings.
 
