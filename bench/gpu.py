@@ -10,9 +10,12 @@ without its last patch (build/vllm-without-last, made here), and the fork.
 Each with `auto` and with the newest runai-model-streamer (0.17.1, the one
 vLLM 0.34 requires; copies), the latter
 with runai's default memory limit and with a bounded one (BOUNDED_TENSORS
-times the largest tensor). Nothing sets OMP_NUM_THREADS: vLLM's workers
-then run torch on one thread, as users get it. One extra run, labelled,
-forces OMP_NUM_THREADS to the CPU count.
+times the largest tensor). Nothing sets OMP_NUM_THREADS, and the engine
+uses vLLM's multiprocess executor, as it does at tensor parallel 2 and up:
+vLLM then runs each worker's torch on one thread, as users of multi-GPU
+nodes get it. Labelled extras: OMP_NUM_THREADS forced to the CPU count, and
+vLLM's one-process executor (its default at tensor parallel 1, where torch
+keeps every CPU thread).
 
 Per run: the worker's `load_weights` time (bench/gpuload.py), throughput
 (checkpoint bytes / that time), and the peak anonymous memory (RssAnon) of
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -65,17 +69,24 @@ LOAD_TIMEOUT_S = 900
 # A stopped run's processes must release their memory before the next run starts.
 DRAIN_TIMEOUT_S = 60
 RUNS_DIR = BUILD / "bench" / "cuda-runs"
-# (label, tree, load format, limit, forced threads): "default" is runai's own
-# limit; trees as lab.trees names them.
+# (label, tree, load format, limit, forced threads, executor): "default" is
+# runai's own limit; trees as lab.trees names them. The measured runs use
+# vLLM's multiprocess executor ("mp"), as every engine of tensor parallel 2 and
+# up does: vLLM then sets OMP_NUM_THREADS=1 in each worker, so each worker here
+# loads as one worker of a multi-GPU node does. At tensor parallel 1 vLLM's
+# default is the one-process executor ("uni"), where torch keeps every CPU
+# thread; two extra rows show that.
 TREE_LABELS = {"base": "base", "without-last": "fork without its last patch",
                "patched": "fork"}
-RUNS = [(f"{TREE_LABELS[tree]}, {what}", tree, load_format, limit, False)
+RUNS = [(f"{TREE_LABELS[tree]}, {what}", tree, load_format, limit, False, "mp")
         for tree in ("patched", "without-last", "base")
         for what, load_format, limit in (("auto", "auto", "default"),
                                          ("runai default limit", "runai_streamer", "default"),
                                          ("runai bounded", "runai_streamer", "bounded"))]
 FORCED = "fork, auto, OMP_NUM_THREADS = CPU count (extra)"
-RUNS.append((FORCED, "patched", "auto", "default", True))
+RUNS.append((FORCED, "patched", "auto", "default", True, "mp"))
+RUNS += [(f"{TREE_LABELS[tree]}, auto, one-process executor (extra)", tree, "auto", "default",
+          False, "uni") for tree in ("patched", "without-last")]
 
 
 def tree_anon_bytes(session: int) -> int:
@@ -99,7 +110,7 @@ def tree_anon_bytes(session: int) -> int:
 
 
 def measured_run(tree: str, model: Path, load_format: str, limit: str,
-                 omp: str | None) -> dict:
+                 omp: str | None, executor: str = "mp") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out, log = Path(tmp) / "result.json", Path(tmp) / "log"
         # The demo's GPU environment (lab/engine.py: Triton's MoE kernels,
@@ -108,7 +119,8 @@ def measured_run(tree: str, model: Path, load_format: str, limit: str,
         env.pop("OMP_NUM_THREADS", None)  # vLLM's default, unless the run forces one
         if omp:
             env["OMP_NUM_THREADS"] = omp
-        cmd = [trees.PYTHON, "-m", "bench.gpuload", str(model), load_format, limit, str(out)]
+        cmd = [trees.PYTHON, "-m", "bench.gpuload", str(model), load_format, limit, str(out),
+               executor]
         samples: list[tuple[float, int]] = []
         with log.open("w") as sink:
             proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
@@ -159,7 +171,8 @@ def measured_run(tree: str, model: Path, load_format: str, limit: str,
             "load_s": round(end - start, 2), "peak_tree_anon": max(during),
             "tree_anon_at_start": before[-1] if before else None,
             "samples_during_load": len(during), "engine_args": result["engine_args"],
-            "omp_num_threads": result["omp_num_threads"], "runai_file": result["runai_file"]}
+            "omp_num_threads": result["omp_num_threads"],
+            "torch_threads": result["window"]["torch_threads"], "runai_file": result["runai_file"]}
 
 
 def machine() -> dict:
@@ -192,20 +205,24 @@ def run_all(identity: dict) -> dict:
     kept = RUNS_DIR / identity["tree_head"][:12]
     kept.mkdir(parents=True, exist_ok=True)
     runs = {}
-    for i, (label, tree, load_format, limit, forced) in enumerate(RUNS, 1):
-        done = kept / (label.replace(" ", "_").replace("/", "_") + ".json")
+    for i, (label, tree, load_format, limit, forced, executor) in enumerate(RUNS, 1):
+        # Plain file names: kept runs are copied off lent nodes by tools that
+        # refuse names with commas or spaces.
+        done = kept / (re.sub(r"[^A-Za-z0-9.=-]+", "_", label).strip("_") + ".json")
         if done.exists():
             runs[label] = json.loads(done.read_text())
             say(f"[{i}/{len(RUNS)}] {label}: kept from an earlier run of this series")
             continue
         say(f"[{i}/{len(RUNS)}] {label}")
         value = str(bounded) if limit == "bounded" else limit
-        run = measured_run(tree, model, load_format, value, str(os.cpu_count()) if forced else None)
+        run = measured_run(tree, model, load_format, value,
+                           str(os.cpu_count()) if forced else None, executor)
         run["gb_per_s"] = round(gbps(size, run["load_s"]), 3)
         done.write_text(json.dumps(run, indent=1))
         runs[label] = run
-        say(f"    load {run['load_s']} s, {run['gb_per_s']:.2f} GB/s; peak host anon of the "
-            f"process tree {run['peak_tree_anon'] / GIB:.1f} GiB")
+        say(f"    load {run['load_s']} s, {run['gb_per_s']:.2f} GB/s on {run['torch_threads']} "
+            f"torch thread(s); peak host anon of the process tree "
+            f"{run['peak_tree_anon'] / GIB:.1f} GiB")
     fork, prev, base = TREE_LABELS["patched"], TREE_LABELS["without-last"], "base"
 
     def ratio(a: str, b: str, key: str) -> float:
@@ -295,7 +312,11 @@ def render(r: dict) -> str:
         f"{r['checkpoint_bytes'] / GIB:.1f} GiB, largest tensor "
         f"{r['largest_tensor_bytes'] / GIB:.2f} GiB (bench/scout.py).",
         "- The real engine at tensor parallel 1 with vLLM's default thread settings "
-        "(nothing sets `OMP_NUM_THREADS`; the last row forces it, as an extra). "
+        "(nothing sets `OMP_NUM_THREADS`; one extra row forces it). The measured runs use "
+        "vLLM's multiprocess executor, as every engine of tensor parallel 2 and up does, "
+        "so vLLM gives each worker one torch thread, as on a multi-GPU node; the "
+        "one-process rows are vLLM's default at tensor parallel 1 (torch keeps every "
+        "CPU thread), as extras. "
         + "".join(f"`{k}={v}` " for k, v in r.get("engine_env", {}).items())
         + "in every run. "
         "Trees: base (v0.21.0), the fork without its last patch, the fork. runai: "
@@ -308,10 +329,11 @@ def render(r: dict) -> str:
         f"- This node's host-to-device limits (bench/h2d.py, {h2d['bytes'] / GIB:.1f} GiB "
         f"from the checkpoint in the page cache): pageable {h2d['pageable_gb_per_s']:.1f} "
         f"GB/s, pinned {h2d['pinned_gb_per_s']:.1f} GB/s.",
-        "", "| run | load time | throughput | peak host anon, process tree |",
-        "|---|---|---|---|"]
+        "", "| run | load time | throughput | torch threads in the load | "
+        "peak host anon, process tree |", "|---|---|---|---|---|"]
     lines += [f"| {label} | {run['load_s']:.1f} s | {run['gb_per_s']:.2f} GB/s | "
-              f"{run['peak_tree_anon'] / GIB:.1f} GiB |" for label, run in r["runs"].items()]
+              f"{run.get('torch_threads', '?')} | {run['peak_tree_anon'] / GIB:.1f} GiB |"
+              for label, run in r["runs"].items()]
     ratios = r["ratios"]
     lines += ["", "| ratio (one run) | value |", "|---|---|",
               "| fork / fork without its last patch, throughput, auto | "

@@ -1,12 +1,14 @@
 """Load a checkpoint into the real engine on one GPU, timing the load inside
 the worker.
 
-    python -m bench.gpuload MODEL_DIR LOAD_FORMAT MEMORY_LIMIT OUT.json
+    python -m bench.gpuload MODEL_DIR LOAD_FORMAT MEMORY_LIMIT OUT.json EXECUTOR
 
 MEMORY_LIMIT is the streamer's `memory_limit` in bytes, or `default` for
-runai's own. Named as vLLM's `worker_extension_cls`, this module is imported
-in the worker before the model is loaded and wraps both loaders'
-`load_weights`, recording when the load began and ended (wall clock), so
+runai's own; EXECUTOR is vLLM's `distributed_executor_backend` (`mp` or
+`uni`). The worker also records how many threads torch had for the load.
+Named as vLLM's `worker_extension_cls`, this module is imported in the
+worker before the model is loaded and wraps both loaders' `load_weights`,
+recording when the load began and ended (wall clock), so
 that bench/gpu.py, sampling the host memory of the whole process tree from
 outside, can take its peak during the load.
 """
@@ -26,6 +28,10 @@ _WINDOW: dict = {}
 
 def _timed(load_weights):
     def load(self, model, model_config):
+        import torch
+
+        # The threads torch copies on in this worker: what vLLM's executor left it.
+        _WINDOW["torch_threads"] = torch.get_num_threads()
         _WINDOW["start"] = time.time()
         try:
             return load_weights(self, model, model_config)
@@ -53,20 +59,22 @@ class LoadWindow:
         return dict(_WINDOW)
 
 
-def engine_args(model_dir: str, load_format: str, memory_limit: str) -> dict:
+def engine_args(model_dir: str, load_format: str, memory_limit: str,
+                executor: str = "mp") -> dict:
     extra = {} if memory_limit == "default" else {"memory_limit": int(memory_limit)}
     return {"model": model_dir, "load_format": load_format, "model_loader_extra_config": extra,
-            "tensor_parallel_size": 1, "enforce_eager": True, "max_model_len": 256,
+            "tensor_parallel_size": 1, "distributed_executor_backend": executor,
+            "enforce_eager": True, "max_model_len": 256,
             "max_num_seqs": 1, "dtype": "bfloat16", "limit_mm_per_prompt": {"image": 0},
             "kv_cache_memory_bytes": 2 * 10**9, "gpu_memory_utilization": 0.5,
             "skip_mm_profiling": True, "worker_extension_cls": "bench.gpuload.LoadWindow"}
 
 
 def main() -> None:
-    model_dir, load_format, memory_limit, out = sys.argv[1:5]
+    model_dir, load_format, memory_limit, out, executor = sys.argv[1:6]
     from vllm import LLM
 
-    args = engine_args(model_dir, load_format, memory_limit)
+    args = engine_args(model_dir, load_format, memory_limit, executor)
     llm = LLM(**args)
     (window,) = llm.collective_rpc("load_window")
     import runai_model_streamer

@@ -65,3 +65,28 @@ def test_a_load_past_its_limit_is_stopped_with_its_engine(tmp_path, monkeypatch)
     assert not os.path.exists(f"/proc/{engine}") or open(
         f"/proc/{engine}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", \
         "the engine of a load that timed out was left running"
+
+
+def test_the_measured_runs_load_as_a_worker_of_a_multi_gpu_node(tmp_path, monkeypatch):
+    """vLLM gives each worker one torch thread only under its multiprocess
+    executor (tensor parallel 2 and up); at tensor parallel 1 its default
+    one-process executor keeps every CPU thread, and strided copies look
+    fast. The measured rows must use the former; the latter only as extras."""
+    import pytest
+
+    from lab import trees
+    from tools.common import ForkError
+
+    for label, _tree, _fmt, _limit, forced, executor in gpu.RUNS:
+        if "(extra)" not in label:
+            assert executor == "mp" and not forced, label
+    assert {executor for *_, executor in gpu.RUNS} == {"mp", "uni"}
+    # The executor reaches the engine's command line.
+    argv = tmp_path / "argv"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$@" > "{argv}"\nexit 3\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(trees, "PYTHON", str(fake))
+    with pytest.raises(ForkError, match="exit 3"):
+        gpu.measured_run("patched", tmp_path, "auto", "default", None)
+    assert argv.read_text().split()[-1] == "mp"
