@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -130,7 +131,6 @@ def main() -> int:
             t: engine[t][rank]["peak_anon_over_start"] / MIB for t in TREES}
     for row in rows.values():
         row["ratio"] = row["patched"] / row["without-last"]
-    import os
 
     results = {"series": series.identity(), "checkpoint": model.name,
                "checkpoint_bytes": trees.checkpoint_bytes(model), "largest_tensor_bytes": largest,

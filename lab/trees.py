@@ -61,7 +61,10 @@ def check_streamer(scenario: str, runai_file: str) -> None:
 def ensure_without_last(built_files: list[str]) -> None:
     """WITHOUT_LAST_TREE: the series but its last patch, as a worktree of
     build/vllm, with build/vllm's built files copied in (kernels: the series
-    changes Python files only, so they fit every tree)."""
+    changes Python files only, so they fit every tree). The built files are
+    brought up to date even when the worktree is already at that commit:
+    `make env` and `make gpu-env` swap build/vllm's kernels, and a worktree
+    left with the other set would import kernels its sibling no longer has."""
     import shutil
 
     from tools.common import git, say
@@ -69,18 +72,24 @@ def ensure_without_last(built_files: list[str]) -> None:
 
     dest = WITHOUT_LAST_TREE
     commit = git(TREE, "rev-parse", "HEAD~1").stdout.strip()
-    if dest.exists() and git(dest, "rev-parse", "HEAD", check=False).stdout.strip() == commit:
-        return
-    say(f"adding worktree {dest.name} at {commit[:12]} (the series without its last patch)")
-    if dest.exists():
-        git(dest, "checkout", "-q", "--detach", commit)
-    else:
-        git(TREE, "worktree", "prune")
-        git(TREE, "worktree", "add", "-q", "--detach", str(dest), commit)
+    if not (dest.exists()
+            and git(dest, "rev-parse", "HEAD", check=False).stdout.strip() == commit):
+        say(f"adding worktree {dest.name} at {commit[:12]} (the series without its last patch)")
+        if dest.exists():
+            git(dest, "checkout", "-q", "--detach", commit)
+        else:
+            git(TREE, "worktree", "prune")
+            git(TREE, "worktree", "add", "-q", "--detach", str(dest), commit)
     for name in [*built_files, *SDIST_SHIPPED_IGNORED]:
-        if (TREE / name).exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(TREE / name, dest / name)
+        src, dst = TREE / name, dest / name
+        if not src.exists():
+            continue
+        # copy2 keeps the modification time: size and time tell a stale copy.
+        if dst.exists() and (dst.stat().st_size, dst.stat().st_mtime_ns) == (
+                src.stat().st_size, src.stat().st_mtime_ns):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
 
 
 def inductor_cache(environ: dict, cpuinfo: str) -> Path:
