@@ -16,7 +16,9 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -41,6 +43,12 @@ PLUGINS = [ROOT / "env" / "cpu_moe_workaround", ROOT / "env" / "cpu_ray_resource
 # and put on sys.path per process (see lab/trees.tree_env).
 RUNAI_SIDE = {version: f"runai-model-streamer=={version}" for version in RUNAI_SIDE_VERSIONS}
 PY = VENV / "bin" / "python"
+# The locked packages on disk, measured in a new venv: 6.0 GB stay in it, and
+# pip's temporary directory held up to 1.9 GB more of downloaded wheels until
+# the install ended (7.9 GB at the peak). Checked before pip starts, so that a
+# full disk is one line, not pip's error minutes into the install.
+PACKAGES_BYTES = 6_100_000_000
+PACKAGES_TEMP_BYTES = 2_000_000_000
 # What `make gpu-env` put into build/vllm (tools/gpu_env.py): CUDA kernels,
 # their Python files and a rewritten vllm/_version.py.
 CUDA_FILES = TREE / ".git" / "fork-cuda-files.json"
@@ -83,6 +91,24 @@ def digest(*parts: str | bytes) -> str:
     return h.hexdigest()
 
 
+def check_free_space(needs: list[tuple[Path, int, str]]) -> None:
+    """Refuse to start unless each disk has room for what goes onto it.
+    needs: (a directory on the disk, bytes, what they are); directories on
+    the same file system add up."""
+    per_disk: dict[int, tuple[Path, int, list[str]]] = {}
+    for where, nbytes, what in needs:
+        where = next(p for p in (where, *where.parents) if p.exists())
+        device = os.stat(where).st_dev
+        first, total, whats = per_disk.get(device, (where, 0, []))
+        per_disk[device] = (first, total + nbytes, [*whats, what])
+    for where, total, whats in per_disk.values():
+        free = shutil.disk_usage(where).free
+        if free < total:
+            raise ForkError(
+                f"{' and '.join(whats)} need about {total / 1e9:.1f} GB on the disk of "
+                f"{where}, which has {free / 1e9:.1f} GB free: free some space and run again")
+
+
 def ensure_packages() -> None:
     if not LOCK.exists():
         raise ForkError(f"{LOCK} is missing: run `make lock` to resolve the environment")
@@ -92,15 +118,22 @@ def ensure_packages() -> None:
     key = digest(LOCK.read_bytes())
     if stamp_ok("packages", key):
         return
+    # A venv that already holds packages (a new lock, an install cut short)
+    # needs only the rest.
+    present = sum(f.stat().st_size for f in VENV.rglob("*") if f.is_file() and not f.is_symlink())
+    check_free_space([(VENV, max(0, PACKAGES_BYTES - present), f"{VENV.name}'s locked packages"),
+                      (Path(tempfile.gettempdir()), PACKAGES_TEMP_BYTES, "pip's downloads")])
     say("installing the locked packages (torch 2.11.0 and ~180 more; a few minutes the first time)")
     # --no-deps: the lock is a complete freeze; resolving again could only drift.
-    # The `pip` line of the lock upgrades pip itself first.
+    # The `pip` line of the lock upgrades pip itself first. --no-cache-dir:
+    # pip's cache would keep a second copy of what it downloads (2.0 GB on
+    # our machines, CUDA libraries mostly) that only a rebuilt venv would read.
     pip_line = next((line for line in LOCK.read_text().splitlines()
                      if line.startswith("pip==")), None)
     if pip_line:
         run([str(PY), "-m", "pip", "install", "-q", pip_line])
-    run_showing_progress([str(PY), "-m", "pip", "install", "--no-deps", "--progress-bar", "off",
-                          "-r", str(LOCK)])
+    run_showing_progress([str(PY), "-m", "pip", "install", "--no-deps", "--no-cache-dir",
+                          "--progress-bar", "off", "-r", str(LOCK)])
     write_stamp("packages", key)
 
 
