@@ -78,3 +78,58 @@ def test_the_probe_weighs_what_a_load_holds(how):
     else:
         assert len(probe.overheld) >= 5, probe.overheld
         assert probe.peak_held_bytes >= 8 * 4096
+
+
+class HoldsInOldObjects(torch.nn.Module):
+    """A load_weights that keeps what it is given in objects made before the
+    stream began: a list, or a tensor it grows (same object, new storage)."""
+
+    def __init__(self, where: str):
+        super().__init__()
+        self.where = where
+        self.weights = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.zeros(1024)) for _ in range(8)])
+        self.kept_list: list[torch.Tensor] = []
+        self.kept_tensor = torch.zeros(0)
+
+    def load_weights(self, stream):
+        with torch.no_grad():
+            for (_, w), param in zip(stream, self.weights, strict=True):
+                if self.where == "list":
+                    self.kept_list.append(w.clone())
+                else:
+                    self.kept_tensor.data = torch.cat([self.kept_tensor, w])
+                param.copy_(w)
+
+
+@pytest.mark.parametrize("where", ["list", "tensor"])
+def test_the_probe_weighs_what_a_load_keeps_in_objects_older_than_the_stream(where):
+    checkpoint = [(f"w{i}", torch.full((1024,), float(i))) for i in range(8)]
+    model = HoldsInOldObjects(where)
+    probe = Liveness(lambda: checkpoint, model=model)
+    model.load_weights(probe)
+    assert len(probe.overheld) >= 5, probe.overheld
+    assert probe.peak_held_bytes >= 8 * 4096
+
+
+def test_the_probe_leaves_the_collector_as_it_found_it():
+    """The probe freezes the collector's objects while it weighs; afterwards
+    nothing is frozen, also when the consumer stops early. A freeze made
+    before it stays."""
+    import gc
+
+    checkpoint = [(f"w{i}", torch.full((1024,), float(i))) for i in range(8)]
+    model = Toy("stream")
+    model.load_weights(Liveness(lambda: checkpoint, model=model))
+    assert gc.get_freeze_count() == 0
+    stream = iter(Liveness(lambda: checkpoint, model=model))
+    next(stream)
+    assert gc.get_freeze_count() > 0
+    stream.close()
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        model.load_weights(Liveness(lambda: checkpoint, model=model))
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
