@@ -20,7 +20,8 @@ keeps every CPU thread).
 Per run: the worker's `load_weights` time (bench/gpuload.py), throughput
 (checkpoint bytes / that time), and the peak anonymous memory (RssAnon) of
 the engine's whole process tree during it, sampled every few milliseconds.
-bench/h2d.py measures the node's host-to-device limits beside them.
+bench/h2d.py measures the node's host-to-device limits beside them, and
+bench/stream_read.py what each loader's reader delivers with no model.
 
 Each run's result is kept in build/bench/cuda-runs/ under the series' tree
 HEAD, so that a bench cut short goes on where it stopped.
@@ -241,10 +242,14 @@ def run_all(identity: dict) -> dict:
     }
     h2d = trees.run_module("bench.h2d", [str(model)], trees.tree_env("patched"),
                            "measuring host-to-device copies")
+    readers = trees.run_module("bench.stream_read", [str(model), "cuda"],
+                               trees.tree_env("patched", f"runai-{RUNAI_NEWEST}-copy"),
+                               "measuring each loader's reader alone")
     return {"machine": machine(), "checkpoint_bytes": size, "largest_tensor_bytes": largest,
             "bounded_limit_bytes": bounded, "scout_layers": scout.LAYERS, "runs": runs,
-            "ratios": ratios, "host_to_device": h2d, "cpu_count": os.cpu_count(),
-            "runai_version": RUNAI_NEWEST, "engine_env": engine.DEVICE_ENV["cuda"]}
+            "ratios": ratios, "host_to_device": h2d, "readers": readers,
+            "cpu_count": os.cpu_count(), "runai_version": RUNAI_NEWEST,
+            "engine_env": engine.DEVICE_ENV["cuda"]}
 
 
 def render_forced_threads(r: dict) -> str:
@@ -346,7 +351,24 @@ def render(r: dict) -> str:
               f"{ratios['base_over_fork_memory_default']:.2f} |",
               "| base / fork host memory, bounded | "
               f"{ratios['base_over_fork_memory_bounded']:.2f} |", ""]
+    if "readers" in r:
+        lines += render_readers(r["readers"])
     return "\n".join(lines)
+
+
+def render_readers(readers: dict) -> list[str]:
+    """bench/stream_read.py's table: each loader's reader with no model."""
+    takes = {"none": "each tensor taken and let go",
+             "copy": f"each tensor copied to {readers['device']}"}
+    lines = ["", f"Each loader's reader alone on this node (bench/stream_read.py: vLLM's "
+             f"weight iterators over the same checkpoint, no model; runai-model-streamer "
+             f"{readers['runai_version']}, its default limit, copies and views; torch on "
+             f"{readers['torch_threads']} threads; best of two):", "",
+             "| reader | taken | time (both readings) | throughput |", "|---|---|---|---|"]
+    lines += [f"| {row['reader']} | {takes[row['take']]} | {row['seconds']:.2f} s "
+              f"({', '.join(f'{s:.2f}' for s in row['readings_s'])}) | "
+              f"{row['gb_per_s']:.2f} GB/s |" for row in readers["rows"]]
+    return [*lines, ""]
 
 
 def main() -> int:

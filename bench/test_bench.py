@@ -36,3 +36,23 @@ def test_bench_runs_on_tiny_size(tmp_path):
     assert all("ray_node" not in r for r in results["tp2"]["runs"]["base"]["ranks"])
     assert [p["model"] for p in results["projection"]] == list(run.PROJECTED)
     assert (tmp_path / "memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_each_reader_alone_yields_the_whole_checkpoint_through_its_streamer():
+    """bench/stream_read.py on CPU (on a GPU node it copies to the GPU instead
+    of cloning): every reading yields every byte of the checkpoint, and the
+    runai readings stream with the release the GPU bench names."""
+    from lab import checkpoints, trees
+    from tools.common import RUNAI_NEWEST
+
+    model = checkpoints.ensure("llama4")
+    result = trees.run_module("bench.stream_read", [str(model), "cpu"],
+                              trees.tree_env("patched", f"runai-{RUNAI_NEWEST}-copy"),
+                              "reading the tiny checkpoint")
+    assert [(row["reader"], row["take"]) for row in result["rows"]] == [
+        ("auto", "none"), ("auto", "copy"), ("runai", "none"), ("runai", "copy"),
+        ("runai-views", "none"), ("runai-views", "copy")]
+    size = trees.checkpoint_bytes(model)
+    assert all(row["bytes_taken"] == [size, size] for row in result["rows"]), result["rows"]
+    assert result["runai_version"] == RUNAI_NEWEST
+    trees.check_streamer(f"runai-{RUNAI_NEWEST}-copy", result["runai_file"])

@@ -90,3 +90,26 @@ def test_the_measured_runs_load_as_a_worker_of_a_multi_gpu_node(tmp_path, monkey
     with pytest.raises(ForkError, match="exit 3"):
         gpu.measured_run("patched", tmp_path, "auto", "default", None)
     assert argv.read_text().split()[-1] == "mp"
+
+
+def test_the_page_shows_each_reader_alone_beside_the_loads():
+    runs = {label: {"load_s": 2.0, "gb_per_s": 4.3, "torch_threads": 1,
+                    "peak_tree_anon": 3 * gpu.GIB} for label, *_ in gpu.RUNS}
+    results = {
+        "machine": {"gpu": {"name": "H200"}, "cpu": {"model": "x"}, "torch": "2.11.0",
+                    "python": "3.12", "vllm_version": "0.21.0"},
+        "cpu_count": 16, "scout_layers": 1, "checkpoint_bytes": 8 * gpu.GIB,
+        "largest_tensor_bytes": gpu.GIB, "bounded_limit_bytes": 3 * gpu.GIB,
+        "host_to_device": {"bytes": gpu.GIB, "pageable_gb_per_s": 9.0,
+                           "pinned_gb_per_s": 55.0},
+        "runs": runs, "ratios": {key: 1.0 for key in (
+            "fork_over_without_last_speed_auto", "fork_over_without_last_speed_runai",
+            "fork_default_over_bounded_memory", "base_over_fork_memory_default",
+            "base_over_fork_memory_bounded")}}
+    assert "reader alone" not in gpu.render(results)
+    results["readers"] = {"device": "cuda", "runai_version": "0.17.1", "torch_threads": 16,
+                          "rows": [{"reader": "runai", "take": "copy", "seconds": 5.5,
+                                    "readings_s": [5.5, 6.1], "gb_per_s": 1.56}]}
+    page = gpu.render(results)
+    assert "runai-model-streamer 0.17.1" in page
+    assert "| runai | each tensor copied to cuda | 5.50 s (5.50, 6.10) | 1.56 GB/s |" in page
