@@ -78,13 +78,6 @@ def storage_holders() -> list[object]:
     return [obj for obj in gc.get_objects() if _KIND.get(type(obj)) or _kind(type(obj))]
 
 
-def _reference(obj: object) -> Callable[[], object]:
-    try:
-        return weakref.ref(obj)
-    except TypeError:  # a type without weak references: held, then
-        return lambda: obj
-
-
 def storages_of(module: torch.nn.Module) -> set[int]:
     return {t.untyped_storage().data_ptr()
             for t in [*module.parameters(), *module.buffers()] if t.device.type == "cpu"}
@@ -129,7 +122,7 @@ class Liveness:
         self.overheld: list[str] = []
         self._largest = self._buffered_bytes = 0
         self._before: set[int] = set()
-        self._old: list[Callable[[], object]] = []
+        self._old: list[weakref.ref] = []
         # Seconds spent weighing, for callers that time the load around it.
         self.probe_s = 0.0
 
@@ -157,7 +150,7 @@ class Liveness:
             start = time.perf_counter()
             holders = storage_holders()
             self._before = set(host_storages(objects=holders))
-            self._old = [_reference(o) for o in holders]
+            self._old = [weakref.ref(o) for o in holders]
             del holders
             # Every object alive now moves to the collector's permanent
             # generation, which gc.get_objects() leaves out: each step then
