@@ -121,8 +121,9 @@ LOADER_ENV_KEYS = {key for env in LOADER_ENV.values() for key in env}
 # device lacks: distributed streaming needs TP > 1, on CPU only gloo).
 DEVICE_LOADERS = {
     "cpu": ["auto", "runai-0.15.7-dist"],
-    # 0.17.1 joins the GPU runs once a GPU run has shown it (see README).
-    "cuda": ["auto", "runai-0.15.7-reuse", "runai-0.17.0-copy", "runai-0.17.0-views"],
+    "cuda": ["auto", "runai-0.15.7-reuse",
+             *(f"runai-{version}-{mode}" for version in RUNAI_SIDE_VERSIONS
+               for mode in ("copy", "views"))],
 }
 # Environment that can change what the engine computes, recorded with the run.
 RECORDED_ENV_PREFIXES = ("VLLM_", "RUNAI_", "OMP_", "ATEN_", "ONEDNN_", "HF_", "TOKENIZERS_",

@@ -43,8 +43,8 @@ RAY_SCENARIOS = [f"{scenario}-tp2-{layout}{repeat}"
 # in-process loads, against `auto`, for both fixed models; and NemotronH
 # reloaded in place through the engine.
 CUDA_MODELS = ("llama4 (engine)", "nemotron_vl (engine)")
-# (0.17.1 joins them once a GPU run has shown it; lab/engine.DEVICE_LOADERS.)
-CUDA_COPY, CUDA_VIEWS = ["runai-0.17.0-copy-tp1"], ["runai-0.17.0-views-tp1"]
+CUDA_COPY = [f"runai-{version}-copy-tp1" for version in RUNAI_SIDE_VERSIONS]
+CUDA_VIEWS = [f"runai-{version}-views-tp1" for version in RUNAI_SIDE_VERSIONS]
 CUDA_SCENARIOS = ["auto-tp1", "auto-tp1 (repeat)", "runai-0.15.7-reuse-tp1",
                   *CUDA_COPY, *CUDA_VIEWS]
 
