@@ -42,9 +42,12 @@ def _timed(load_weights):
     return load
 
 
-# Only where this is the worker extension: run as the driver (__main__), the
-# engine's process would record into __main__'s window, not this module's.
-if __name__ != "__main__":
+# Only in the copy of this module that vLLM imports as the worker extension.
+# Run as the driver it is also `__main__`, and multiprocessing's spawn imports
+# that again as `__mp_main__` in the engine's and the workers' processes: a
+# copy patched there would record into its own window, which LoadWindow,
+# imported as bench.gpuload, never reads.
+if __name__ == "bench.gpuload":
     for _cls in (DefaultModelLoader, RunaiModelStreamerLoader):
         if not getattr(_cls.load_weights, "timed", False):
             _cls.load_weights = _timed(_cls.load_weights)

@@ -56,3 +56,25 @@ def test_each_reader_alone_yields_the_whole_checkpoint_through_its_streamer():
     assert all(row["bytes_taken"] == [size, size] for row in result["rows"]), result["rows"]
     assert result["runai_version"] == RUNAI_NEWEST
     trees.check_streamer(f"runai-{RUNAI_NEWEST}-copy", result["runai_file"])
+
+
+@pytest.mark.parametrize("executor", ["mp", "uni"])
+def test_the_gpu_bench_times_the_load_inside_the_worker(tmp_path, executor):
+    """bench/gpuload.py, the GPU bench's engine run, on CPU with the tiny Llama 4:
+    the worker reports a load window under both of vLLM's executors (under
+    `mp` the worker is a spawned process that imports this module twice)."""
+    from lab import checkpoints, engine, trees
+    from tools.common import RUNAI_NEWEST
+
+    model = checkpoints.ensure("llama4")
+    env = {**trees.tree_env("patched", f"runai-{RUNAI_NEWEST}-copy"),
+           **engine.DEVICE_ENV["cpu"]}
+    out = tmp_path / "result.json"
+    subprocess.run([trees.PYTHON, "-m", "bench.gpuload", str(model), "runai_streamer",
+                    "default", str(out), executor], env=env, cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result = json.loads(out.read_text())
+    window = result["window"]
+    assert window["start"] <= window["end"] and window["torch_threads"] >= 1
+    assert result["engine_args"]["distributed_executor_backend"] == executor
+    trees.check_streamer(f"runai-{RUNAI_NEWEST}-copy", result["runai_file"])
