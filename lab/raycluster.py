@@ -43,6 +43,8 @@ OBJECT_STORE_BYTES = 80 * 1024 * 1024
 SHM = Path("/dev/shm")
 MARKER_ENV = "LAB_RAY_CLUSTER"
 START_TIMEOUT_S = 120
+# Starts of a cluster whose ports this module picked (see __enter__).
+START_ATTEMPTS = 2
 STOP_GRACE_S = 30
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -196,15 +198,30 @@ class RayCluster:
 
     def __enter__(self) -> str:
         check_shared_memory()
-        self.port = self.port or free_port(NODE_IPS[0])
-        self.address = f"{NODE_IPS[0]}:{self.port}"
-        try:
-            for index in range(self.nodes):
-                self._start_node(index)
-        except BaseException:
-            self.stop()
-            raise
-        return self.address
+        asked = self.port
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.port = asked or free_port(NODE_IPS[0])
+            self.address = f"{NODE_IPS[0]}:{self.port}"
+            try:
+                for index in range(self.nodes):
+                    self._start_node(index)
+                return self.address
+            except ForkError as err:
+                self.stop()
+                # Ports are picked free and released, so anything on the machine
+                # (an engine's processes bind ports all the time) can take one
+                # before Ray binds it: once more on ports picked anew. A port the
+                # caller named is not picked again.
+                if asked or attempt == START_ATTEMPTS:
+                    raise
+                print(f"==> {err}; starting the cluster again on other ports",
+                      file=sys.stderr, flush=True)
+                self.root = Path(tempfile.mkdtemp(prefix="lab-ray-"))
+                self.procs, self.logs = [], []
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def __exit__(self, *exc) -> None:
         self.stop()

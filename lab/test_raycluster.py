@@ -101,6 +101,26 @@ def test_a_port_in_use_is_one_clear_line_and_leaves_nothing():
     assert marked_processes(cluster.marker) == []
 
 
+@pytest.mark.integration
+def test_a_picked_port_taken_before_ray_binds_it_is_picked_again(monkeypatch, capfd):
+    """The head's port is picked free and released; if something takes it
+    before Ray binds it, the cluster starts again on ports picked anew."""
+    from lab import raycluster
+
+    with socket.socket() as taken:
+        taken.bind((NODE_IPS[0], 0))
+        taken.listen()
+        picks = [taken.getsockname()[1]]
+        real = raycluster.free_port
+        monkeypatch.setattr(raycluster, "free_port",
+                            lambda ip: picks.pop() if picks else real(ip))
+        cluster = RayCluster(nodes=1, workers_per_node=2)
+        with cluster as address:
+            assert address != f"{NODE_IPS[0]}:{taken.getsockname()[1]}"
+    assert "starting the cluster again on other ports" in capfd.readouterr().err
+    assert marked_processes(cluster.marker) == []
+
+
 HOLD = """
 import signal, sys, time
 from lab.raycluster import RayCluster
