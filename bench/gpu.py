@@ -10,7 +10,10 @@ without its last patch (build/vllm-without-last, made here), and the fork.
 Each with `auto` and with the newest runai-model-streamer (0.17.1, the one
 vLLM 0.34 requires; copies), the latter
 with runai's default memory limit and with a bounded one (BOUNDED_TENSORS
-times the largest tensor). Nothing sets OMP_NUM_THREADS, and the engine
+times the largest tensor). runai 0.17 reads with O_DIRECT by default (its
+`io_uring_direct` strategy): those rows read the node's disk, while `auto`
+reads the page cache. The "page cache" rows set PAGE_CACHE_STRATEGY, so
+that runai reads the same cached bytes as `auto` does. Nothing sets OMP_NUM_THREADS, and the engine
 uses vLLM's multiprocess executor, as it does at tensor parallel 2 and up:
 vLLM then runs each worker's torch on one thread, as users of multi-GPU
 nodes get it. Labelled extras: OMP_NUM_THREADS forced to the CPU count, and
@@ -63,7 +66,12 @@ OUT = BUILD / "bench" / "results-cuda.json"
 DOCS = ROOT / "docs" / "benchmarks-gpu.md"
 DOCS_JSON = ROOT / "docs" / "benchmarks-gpu.json"
 GIB = 1024 ** 3
-BOUNDED_TENSORS = 3
+# One tensor's worth: well below the slice, so that a read-ahead which piles
+# up shows against it (runai needs room for the largest tensor).
+BOUNDED_TENSORS = 1
+# runai's buffered readers, io_uring's first, the synchronous one where the
+# node refuses io_uring.
+PAGE_CACHE_STRATEGY = "io_uring_buffered,sync_buffered"
 SAMPLE_EVERY_S = 0.01
 # One engine start and load of the slice; far above the slowest seen (about 140 s).
 LOAD_TIMEOUT_S = 900
@@ -79,16 +87,22 @@ RUNS_DIR = BUILD / "bench" / "cuda-runs"
 # thread; two extra rows show that.
 TREE_LABELS = {"base": "base", "without-last": "fork without its last patch",
                "patched": "fork"}
-RUNS = [(f"{TREE_LABELS[tree]}, {what}", tree, load_format, limit, False, "mp")
+# (label, tree, load format, limit, forced threads, executor, runai reads
+# through the page cache)
+RUNS = [(f"{TREE_LABELS[tree]}, {what}", tree, load_format, limit, False, "mp", False)
         for tree in ("patched", "without-last", "base")
         for what, load_format, limit in (("auto", "auto", "default"),
                                          ("runai default limit", "runai_streamer", "default"),
                                          ("runai bounded", "runai_streamer", "bounded"))]
+RUNS += [(f"{TREE_LABELS[tree]}, runai page cache, {what}", tree, "runai_streamer", limit, False,
+          "mp", True)
+         for tree, what, limit in (("patched", "default limit", "default"),
+                                   ("patched", "bounded", "bounded"),
+                                   ("without-last", "default limit", "default"))]
 FORCED = "fork, auto, OMP_NUM_THREADS = CPU count (extra)"
-RUNS.append((FORCED, "patched", "auto", "default", True, "mp"))
+RUNS.append((FORCED, "patched", "auto", "default", True, "mp", False))
 RUNS += [(f"{TREE_LABELS[tree]}, auto, one-process executor (extra)", tree, "auto", "default",
-          False, "uni") for tree in ("patched", "without-last")]
-
+          False, "uni", False) for tree in ("patched", "without-last")]
 
 def tree_anon_bytes(session: int) -> int:
     """RssAnon summed over every process of a session (the engine, its
@@ -111,7 +125,7 @@ def tree_anon_bytes(session: int) -> int:
 
 
 def measured_run(tree: str, model: Path, load_format: str, limit: str,
-                 omp: str | None, executor: str = "mp") -> dict:
+                 omp: str | None, executor: str = "mp", page_cache: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out, log = Path(tmp) / "result.json", Path(tmp) / "log"
         # The demo's GPU environment (lab/engine.py: Triton's MoE kernels,
@@ -120,6 +134,9 @@ def measured_run(tree: str, model: Path, load_format: str, limit: str,
         env.pop("OMP_NUM_THREADS", None)  # vLLM's default, unless the run forces one
         if omp:
             env["OMP_NUM_THREADS"] = omp
+        env.pop("RUNAI_STREAMER_FS_STRATEGY", None)  # runai's default, unless asked
+        if page_cache:
+            env["RUNAI_STREAMER_FS_STRATEGY"] = PAGE_CACHE_STRATEGY
         cmd = [trees.PYTHON, "-m", "bench.gpuload", str(model), load_format, limit, str(out),
                executor]
         samples: list[tuple[float, int]] = []
@@ -173,7 +190,8 @@ def measured_run(tree: str, model: Path, load_format: str, limit: str,
             "tree_anon_at_start": before[-1] if before else None,
             "samples_during_load": len(during), "engine_args": result["engine_args"],
             "omp_num_threads": result["omp_num_threads"],
-            "torch_threads": result["window"]["torch_threads"], "runai_file": result["runai_file"]}
+            "torch_threads": result["window"]["torch_threads"], "runai_file": result["runai_file"],
+            "runai_fs_strategy": env.get("RUNAI_STREAMER_FS_STRATEGY", "default")}
 
 
 def machine() -> dict:
@@ -206,7 +224,7 @@ def run_all(identity: dict) -> dict:
     kept = RUNS_DIR / identity["tree_head"][:12]
     kept.mkdir(parents=True, exist_ok=True)
     runs = {}
-    for i, (label, tree, load_format, limit, forced, executor) in enumerate(RUNS, 1):
+    for i, (label, tree, load_format, limit, forced, executor, page_cache) in enumerate(RUNS, 1):
         # Plain file names: kept runs are copied off lent nodes by tools that
         # refuse names with commas or spaces.
         done = kept / (re.sub(r"[^A-Za-z0-9.=-]+", "_", label).strip("_") + ".json")
@@ -217,7 +235,7 @@ def run_all(identity: dict) -> dict:
         say(f"[{i}/{len(RUNS)}] {label}")
         value = str(bounded) if limit == "bounded" else limit
         run = measured_run(tree, model, load_format, value,
-                           str(os.cpu_count()) if forced else None, executor)
+                           str(os.cpu_count()) if forced else None, executor, page_cache)
         run["gb_per_s"] = round(gbps(size, run["load_s"]), 3)
         done.write_text(json.dumps(run, indent=1))
         runs[label] = run
@@ -233,8 +251,14 @@ def run_all(identity: dict) -> dict:
         "fork_over_without_last_speed_auto": ratio(f"{fork}, auto", f"{prev}, auto", "gb_per_s"),
         "fork_over_without_last_speed_runai": ratio(f"{fork}, runai default limit",
                                                     f"{prev}, runai default limit", "gb_per_s"),
+        "fork_over_without_last_speed_runai_page_cache": ratio(
+            f"{fork}, runai page cache, default limit",
+            f"{prev}, runai page cache, default limit", "gb_per_s"),
         "fork_default_over_bounded_memory": ratio(f"{fork}, runai default limit",
                                                   f"{fork}, runai bounded", "peak_tree_anon"),
+        "fork_default_over_bounded_memory_page_cache": ratio(
+            f"{fork}, runai page cache, default limit", f"{fork}, runai page cache, bounded",
+            "peak_tree_anon"),
         "base_over_fork_memory_default": ratio(f"{base}, runai default limit",
                                                f"{fork}, runai default limit", "peak_tree_anon"),
         "base_over_fork_memory_bounded": ratio(f"{base}, runai bounded", f"{fork}, runai bounded",
@@ -242,14 +266,37 @@ def run_all(identity: dict) -> dict:
     }
     h2d = trees.run_module("bench.h2d", [str(model)], trees.tree_env("patched"),
                            "measuring host-to-device copies")
-    readers = trees.run_module("bench.stream_read", [str(model), "cuda"],
-                               trees.tree_env("patched", f"runai-{RUNAI_NEWEST}-copy"),
+    reader_env = trees.tree_env("patched", f"runai-{RUNAI_NEWEST}-copy")
+    reader_env.pop("RUNAI_STREAMER_FS_STRATEGY", None)
+    readers = trees.run_module("bench.stream_read", [str(model), "cuda"], reader_env,
                                "measuring each loader's reader alone")
+    # runai resolves its read strategy once per process: a process of its own.
+    cached = trees.run_module("bench.stream_read", [str(model), "cuda", "runai", "runai-views"],
+                              {**reader_env, "RUNAI_STREAMER_FS_STRATEGY": PAGE_CACHE_STRATEGY},
+                              "measuring runai's reader through the page cache")
+    readers["rows"] += [{**row, "reader": f"{row['reader']}, page cache"}
+                        for row in cached["rows"]]
     return {"machine": machine(), "checkpoint_bytes": size, "largest_tensor_bytes": largest,
             "bounded_limit_bytes": bounded, "scout_layers": scout.LAYERS, "runs": runs,
             "ratios": ratios, "host_to_device": h2d, "readers": readers,
             "cpu_count": os.cpu_count(), "runai_version": RUNAI_NEWEST,
+            "page_cache_strategy": PAGE_CACHE_STRATEGY,
             "engine_env": engine.DEVICE_ENV["cuda"]}
+
+
+RATIO_ROWS = [
+    ("fork_over_without_last_speed_auto",
+     "fork / fork without its last patch, throughput, auto", 1),
+    ("fork_over_without_last_speed_runai",
+     "fork / fork without its last patch, throughput, runai", 1),
+    ("fork_over_without_last_speed_runai_page_cache",
+     "fork / fork without its last patch, throughput, runai page cache", 1),
+    ("fork_default_over_bounded_memory", "fork host memory, runai default limit / bounded", 2),
+    ("fork_default_over_bounded_memory_page_cache",
+     "fork host memory, runai page cache, default limit / bounded", 2),
+    ("base_over_fork_memory_default", "base / fork host memory, runai default limit", 2),
+    ("base_over_fork_memory_bounded", "base / fork host memory, bounded", 2),
+]
 
 
 def render(r: dict) -> str:
@@ -279,7 +326,12 @@ def render(r: dict) -> str:
         "Trees: base (v0.21.0), the fork without its last patch, the fork. runai: "
         f"runai-model-streamer {r.get('runai_version', '0.17.0')} (copies); bounded: "
         "`memory_limit` "
-        f"{r['bounded_limit_bytes'] / GIB:.1f} GiB ({BOUNDED_TENSORS} × the largest tensor).",
+        f"{r['bounded_limit_bytes'] / GIB:.1f} GiB "
+        f"({r['bounded_limit_bytes'] / r['largest_tensor_bytes']:.0f} × the largest tensor). "
+        "runai 0.17 reads with O_DIRECT by default, so its plain rows read this node's disk "
+        "while `auto` reads the page cache; the \"page cache\" rows set "
+        f"`RUNAI_STREAMER_FS_STRATEGY={r.get('page_cache_strategy', PAGE_CACHE_STRATEGY)}`, "
+        "so that runai reads the same cached bytes as `auto`.",
         "- Throughput: checkpoint bytes / the worker's `load_weights` time. Host memory: peak "
         "RssAnon of the engine's whole process tree during `load_weights`, sampled every "
         f"{SAMPLE_EVERY_S * 1000:.0f} ms.",
@@ -292,17 +344,10 @@ def render(r: dict) -> str:
               f"{run.get('torch_threads', '?')} | {run['peak_tree_anon'] / GIB:.1f} GiB |"
               for label, run in r["runs"].items()]
     ratios = r["ratios"]
-    lines += ["", "| ratio (one run) | value |", "|---|---|",
-              "| fork / fork without its last patch, throughput, auto | "
-              f"{ratios['fork_over_without_last_speed_auto']:.1f} |",
-              "| fork / fork without its last patch, throughput, runai | "
-              f"{ratios['fork_over_without_last_speed_runai']:.1f} |",
-              "| fork host memory, runai default limit / bounded | "
-              f"{ratios['fork_default_over_bounded_memory']:.2f} |",
-              "| base / fork host memory, runai default limit | "
-              f"{ratios['base_over_fork_memory_default']:.2f} |",
-              "| base / fork host memory, bounded | "
-              f"{ratios['base_over_fork_memory_bounded']:.2f} |", ""]
+    lines += ["", "| ratio (one run) | value |", "|---|---|"]
+    lines += [f"| {text} | {ratios[key]:.{digits}f} |" for key, text, digits in RATIO_ROWS
+              if key in ratios]
+    lines.append("")
     if "readers" in r:
         lines += render_readers(r["readers"])
     return "\n".join(lines)

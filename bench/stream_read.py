@@ -1,6 +1,6 @@
 """What each loader's reader delivers alone on this node, beside the bench's loads.
 
-    python -m bench.stream_read MODEL_DIR DEVICE OUT.json
+    python -m bench.stream_read MODEL_DIR DEVICE [READER ...] OUT.json
 
 vLLM's own weight iterators over the checkpoint, with no model behind them:
 `auto`'s (safetensors_weights_iterator) and runai's
@@ -12,7 +12,9 @@ Each reading is timed twice: taking each tensor and letting it go (for
 taking each tensor into memory of its own as a consumer must (DEVICE cuda:
 a copy to the GPU, contiguous as the streamers yield them; cpu: a clone). The checkpoint is read
 once first, so every reading starts from the page cache. GB/s = checkpoint
-bytes / seconds; best of two.
+bytes / seconds; best of two. READERS, in their order, unless some are named;
+runai reads as RUNAI_STREAMER_FS_STRATEGY says (recorded), which the
+streamer resolves once per process.
 
 Where a load is far below its reader here, the time goes in the model's
 load_weights; where the reader alone is slow, in the reader.
@@ -21,6 +23,7 @@ load_weights; where the reader alone is slow, in the reader.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,7 +63,10 @@ def read(reader: str, files: list[str], take: str, device: str) -> tuple[float, 
 
 
 def main() -> None:
-    model_dir, device, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    model_dir, device, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[-1])
+    readers = sys.argv[3:-1] or list(READERS)
+    if unknown := set(readers) - set(READERS):
+        sys.exit(f"unknown readers {sorted(unknown)}; known: {', '.join(READERS)}")
     files = sorted(str(p) for p in model_dir.glob("*.safetensors"))
     for path in files:  # into the page cache
         with open(path, "rb") as f:
@@ -72,7 +78,7 @@ def main() -> None:
     import runai_model_streamer
 
     rows = []
-    for reader in READERS:
+    for reader in readers:
         if reader == "runai-views":
             force_streamer_views()  # for the rest of this process: it comes last
         for take in ("none", "copy"):
@@ -86,7 +92,9 @@ def main() -> None:
                   flush=True)
     result = {"bytes": nbytes, "device": device, "torch_threads": torch.get_num_threads(),
               "runai_version": importlib.metadata.version("runai-model-streamer"),
-              "runai_file": runai_model_streamer.__file__, "rows": rows}
+              "runai_file": runai_model_streamer.__file__,
+              "runai_fs_strategy": os.environ.get("RUNAI_STREAMER_FS_STRATEGY", "default"),
+              "rows": rows}
     out.write_text(json.dumps(result, indent=1) + "\n")
 
 

@@ -56,6 +56,18 @@ def test_each_reader_alone_yields_the_whole_checkpoint_through_its_streamer():
     assert all(row["bytes_taken"] == [size, size] for row in result["rows"]), result["rows"]
     assert result["runai_version"] == RUNAI_NEWEST
     trees.check_streamer(f"runai-{RUNAI_NEWEST}-copy", result["runai_file"])
+    # The GPU bench's page-cache readings: only the readers named, with the
+    # strategy that bench/gpu.py sets, which this streamer must accept.
+    from bench import gpu
+
+    cached = trees.run_module("bench.stream_read", [str(model), "cpu", "runai"],
+                              {**trees.tree_env("patched", f"runai-{RUNAI_NEWEST}-copy"),
+                               "RUNAI_STREAMER_FS_STRATEGY": gpu.PAGE_CACHE_STRATEGY},
+                              "reading the tiny checkpoint through the page cache")
+    assert [(row["reader"], row["take"]) for row in cached["rows"]] == [
+        ("runai", "none"), ("runai", "copy")]
+    assert all(row["bytes_taken"] == [size, size] for row in cached["rows"]), cached["rows"]
+    assert cached["runai_fs_strategy"] == gpu.PAGE_CACHE_STRATEGY
 
 
 @pytest.mark.parametrize("executor", ["mp", "uni"])

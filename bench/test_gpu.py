@@ -75,10 +75,10 @@ def test_the_measured_runs_load_as_a_worker_of_a_multi_gpu_node(tmp_path, monkey
     from lab import trees
     from tools.common import ForkError
 
-    for label, _tree, _fmt, _limit, forced, executor in gpu.RUNS:
+    for label, _tree, _fmt, _limit, forced, executor, _cached in gpu.RUNS:
         if "(extra)" not in label:
             assert executor == "mp" and not forced, label
-    assert {executor for *_, executor in gpu.RUNS} == {"mp", "uni"}
+    assert {executor for *_, executor, _cached in gpu.RUNS} == {"mp", "uni"}
     # The executor reaches the engine's command line.
     argv = tmp_path / "argv"
     fake = tmp_path / "python"
@@ -97,7 +97,7 @@ def test_the_page_shows_each_reader_alone_beside_the_loads():
         "machine": {"gpu": {"name": "H200"}, "cpu": {"model": "x"}, "torch": "2.11.0",
                     "python": "3.12", "vllm_version": "0.21.0"},
         "cpu_count": 16, "scout_layers": 1, "checkpoint_bytes": 8 * gpu.GIB,
-        "largest_tensor_bytes": gpu.GIB, "bounded_limit_bytes": 3 * gpu.GIB,
+        "largest_tensor_bytes": gpu.GIB, "bounded_limit_bytes": gpu.GIB,
         "host_to_device": {"bytes": gpu.GIB, "pageable_gb_per_s": 9.0,
                            "pinned_gb_per_s": 55.0},
         "runs": runs, "ratios": {key: 1.0 for key in (
@@ -117,3 +117,30 @@ def test_the_page_shows_each_reader_alone_beside_the_loads():
     assert "3056" not in page
     assert ("| auto | each tensor taken and let go | 0.00 s (18.70, 0.00) | "
             "none: a memory map") in page
+
+
+def test_page_cache_runs_tell_runai_to_read_buffered(tmp_path, monkeypatch):
+    """runai 0.17 reads with O_DIRECT unless told otherwise: the page-cache
+    rows must reach the engine with a buffered strategy, and the others
+    with runai's default even where the caller's environment sets one."""
+    import pytest
+
+    from lab import trees
+    from tools.common import ForkError
+
+    seen = tmp_path / "strategy"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "${{RUNAI_STREAMER_FS_STRATEGY-unset}}" > "{seen}"\n'
+                    "exit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(trees, "PYTHON", str(fake))
+    monkeypatch.setenv("RUNAI_STREAMER_FS_STRATEGY", "sync_buffered")
+    cached = [run for run in gpu.RUNS if run[-1]]
+    assert {tree for _, tree, *_ in cached} == {"patched", "without-last"}
+    assert all(fmt == "runai_streamer" for _, _, fmt, *_ in cached)
+    for page_cache, expected in ((True, gpu.PAGE_CACHE_STRATEGY), (False, "unset")):
+        with pytest.raises(ForkError, match="exit 3"):
+            gpu.measured_run("patched", tmp_path, "runai_streamer", "default", None, "mp",
+                             page_cache)
+        assert seen.read_text().strip() == expected
+    assert "buffered" in gpu.PAGE_CACHE_STRATEGY and "direct" not in gpu.PAGE_CACHE_STRATEGY
