@@ -23,11 +23,13 @@ def main() -> None:
     model_dir, memory_limit, out = sys.argv[1], sys.argv[2], sys.argv[-1]
     layout = next((a.split("=", 1)[1] for a in sys.argv[3:-1] if a.startswith("--layout=")),
                   "mp")
+    from lab import cpushm
     from lab.engine import ENGINE_ARGS, ENGINE_ENV, executor_args
     from lab.raycluster import cluster_for
 
     args = {**ENGINE_ARGS, **executor_args(layout, "cpu")}
     os.environ.update(ENGINE_ENV)
+    cpushm.sweep()  # a killed engine's segment must not block this one's port
     with cluster_for(layout):
         load(model_dir, int(memory_limit), out, args, layout)
 

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lab import checkpoints, engine, expectations, trees
+from lab import checkpoints, cpushm, engine, expectations, trees
 from proof import harness
 from tools import series
 from tools.common import (
@@ -243,6 +243,7 @@ def serve_and_ask(model: Path, loader: str, log: Path) -> dict:
     cmd = [trees.PYTHON, "-m", "vllm.entrypoints.cli.main", "serve", str(model),
            "--host", "127.0.0.1", "--port", str(port), *flags]
     env = {**trees.tree_env("patched", loader), **engine.engine_env(loader)}
+    cpushm.sweep()  # a killed engine's segment must not block this one's port
     with log.open("w") as out:
         server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True)

@@ -44,7 +44,10 @@ def main() -> None:
     model_dir, loader = sys.argv[1], sys.argv[2]
     reloads, layout = option("reloads", 0), option("layout", "mp")
     os.environ.update(engine_env(loader, layout=layout))
+    from lab import cpushm
     from lab.raycluster import cluster_for
+
+    cpushm.sweep()  # a killed engine's segment must not block this one's port
 
     with cluster_for(layout):
         run(model_dir, loader, reloads, layout)
