@@ -1,8 +1,12 @@
 """Leftover CPU shared-memory segments are removed; live and young ones are kept."""
 
+import importlib
+import os
 import subprocess
 import sys
 import time
+
+import pytest
 
 from lab import cpushm
 
@@ -32,3 +36,20 @@ def test_sweep_removes_only_unmapped_old_segments(tmp_path):
         live.wait()
     assert removed == names[:2]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+
+
+@pytest.mark.parametrize("launcher,engine,second", [("proof.generate", "run", "auto"),
+                                                    ("bench.engine_tp", "load", "0")])
+def test_engine_launchers_sweep_before_the_engine_starts(monkeypatch, launcher, engine,
+                                                         second):
+    """Each engine launcher sweeps first; a dropped call would let a killed
+    engine's segment block the next engine that draws its port."""
+    module = importlib.import_module(launcher)
+    events = []
+    monkeypatch.setattr(cpushm, "sweep", lambda: events.append("sweep"))
+    monkeypatch.setattr(module, engine, lambda *args: events.append("engine"))
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    monkeypatch.setattr(sys, "argv", [launcher, "/nonexistent/model", second, "--layout=mp",
+                                      "/nonexistent/out.json"])
+    module.main()
+    assert events == ["sweep", "engine"]
